@@ -28,7 +28,9 @@ def normalize_sam(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def pad_to_square(images: torch.Tensor, size: int, value: tuple[float, float, float] = SAM_PAD_VALUE) -> torch.Tensor:
+def pad_to_square(
+    images: torch.Tensor, size: int, value: tuple[float, float, float] = SAM_PAD_VALUE
+) -> torch.Tensor:
     """Pad [B, 3, h, w] at the bottom/right to [B, 3, size, size], channel by channel."""
     h, w = images.shape[-2:]
     if h > size or w > size:

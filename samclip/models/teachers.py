@@ -1,0 +1,122 @@
+"""The two frozen teachers: an OpenCLIP model for L_clip and the original SAM for L_sam."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samclip.models.config import get_model_config
+from samclip.models.preprocess import normalize_sam
+from samclip.models.prompts import SamPrompts
+from samclip.models.sam_checkpoint import build_official_sam, read_sam_checkpoint, validate_sam_state_dict
+from samclip.models.sam_head import SamHeadOutput, decode_masks
+
+# Small open_clip architectures for tests and the smoke run, registered next to open_clip's own.
+open_clip.add_model_config(Path(__file__).parent / "clip_configs")
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher never trains: no gradients, always in eval mode (``.train()`` is a no-op)."""
+
+    def freeze(self) -> None:
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return self
+
+
+class ClipTeacher(FrozenTeacher):
+    """An OpenCLIP model. ``pretrained`` is an open_clip tag (e.g. ``datacomp_xl_s13b_b90k``) or a checkpoint file."""
+
+    def __init__(
+        self, model_name: str = "ViT-L-14", pretrained: str | None = "datacomp_xl_s13b_b90k"
+    ) -> None:
+        super().__init__()
+        if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"CLIP teacher checkpoint {pretrained} does not exist")
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.model = open_clip.create_model(model_name, pretrained=pretrained or None)
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        visual = self.model.visual
+        self.image_size = _square_side(visual.image_size)
+        self.register_buffer(
+            "mean", torch.tensor(visual.image_mean or open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+        )
+        self.register_buffer(
+            "std", torch.tensor(visual.image_std or open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+        )
+        self.freeze()
+
+    @property
+    def embed_dim(self) -> int:
+        return (
+            self.model.text_projection.shape[1]
+            if hasattr(self.model, "text_projection")
+            else self.model.visual.output_dim
+        )
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] at any square size -> the teacher's resolution and normalisation."""
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            images = F.interpolate(
+                images,
+                size=(self.image_size, self.image_size),
+                mode="bicubic",
+                align_corners=False,
+                antialias=True,
+            ).clamp_(0.0, 1.0)
+        return (images - self.mean) / self.std
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.model.encode_image(self.preprocess(images), normalize=normalize)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts)).to(self.mean.device)
+        return self.model.encode_text(tokens, normalize=normalize)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_image(images)
+
+
+class SamTeacher(FrozenTeacher):
+    """A frozen copy of the full original SAM (segment_anything's ``Sam``) built from an official checkpoint."""
+
+    def __init__(self, checkpoint: str | Path | None, model_name: str = "samclip_vit_b") -> None:
+        super().__init__()
+        self.config = get_model_config(model_name)
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self.sam = build_official_sam(self.config)
+        if checkpoint is not None:
+            state_dict = read_sam_checkpoint(checkpoint)
+            validate_sam_state_dict(state_dict, self.config, source=str(checkpoint))
+            self.sam.load_state_dict(state_dict, strict=True)
+        self.freeze()
+
+    @torch.no_grad()
+    def forward(
+        self, images: torch.Tensor, prompts: Sequence[SamPrompts], multimask: bool = False
+    ) -> SamHeadOutput:
+        """``images``: float [B, 3, S, S] in [0, 1] in SAM's frame, padded with ``SAM_PAD_VALUE``."""
+        embeddings = self.sam.image_encoder(normalize_sam(images))
+        return decode_masks(self.sam.prompt_encoder, self.sam.mask_decoder, embeddings, prompts, multimask)
+
+
+def _looks_like_path(value: str) -> bool:
+    return any(sep in value for sep in ("/", "\\")) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _square_side(size: int | Sequence[int]) -> int:
+    if isinstance(size, int):
+        return size
+    if size[0] != size[1]:
+        raise ValueError(f"non-square CLIP teacher input {tuple(size)} is not supported")
+    return int(size[0])
