@@ -1,0 +1,56 @@
+"""Model names, overrides, config round trips and the final checkpoint format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from samclip import create_model
+from samclip.models import SamClipConfig, create_model_from_config
+from samclip.models.final_checkpoint import ClipTeacherSpec, load_final_checkpoint, save_final_checkpoint
+
+
+def test_published_sizes_match_segment_anything_registry():
+    from samclip.models import MODEL_CONFIGS
+
+    assert (MODEL_CONFIGS["samclip_vit_b"].embed_dim, MODEL_CONFIGS["samclip_vit_b"].depth) == (768, 12)
+    assert MODEL_CONFIGS["samclip_vit_l"].global_attn_indexes == (5, 11, 17, 23)
+    assert (MODEL_CONFIGS["samclip_vit_h"].embed_dim, MODEL_CONFIGS["samclip_vit_h"].depth) == (1280, 32)
+
+
+def test_unknown_name_and_override_are_rejected():
+    with pytest.raises(ValueError, match="unknown model 'samclip_vit_x'"):
+        create_model("samclip_vit_x")
+    with pytest.raises(ValueError, match=r"unknown override\(s\) \['widht'\]"):
+        create_model("samclip_tiny", widht=3)
+    with pytest.raises(ValueError, match="not divisible"):
+        create_model("samclip_tiny", num_heads=3)
+
+
+def test_overrides_apply():
+    model = create_model("samclip_tiny", clip_embed_dim=48, clip_head_depth=2)
+    assert len(model.clip_head.blocks) == 2
+    assert model.encode_image(torch.rand(1, 3, 64, 64)).shape == (1, 48)
+
+
+def test_final_checkpoint_rebuilds_the_same_model(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("samclip_tiny", clip_embed_dim=24).eval()
+    spec = ClipTeacherSpec("samclip-tiny-clip", str(tmp_path / "clip.pt"))
+    save_final_checkpoint(tmp_path / "head_probe" / "final.pt", model, spec, stage="head_probe", step=7)
+    assert [p.name for p in (tmp_path / "head_probe").iterdir()] == ["final.pt"]  # no temporary file left
+    loaded = load_final_checkpoint(tmp_path / "head_probe" / "final.pt")
+    assert (loaded.clip_teacher, loaded.stage, loaded.step) == (spec, "head_probe", 7)
+    rebuilt = loaded.build_model().eval()
+    images = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(rebuilt.encode_image(images), model.encode_image(images), rtol=0, atol=0)
+    assert SamClipConfig.from_dict(model.config.to_dict()) == model.config
+    assert create_model_from_config(model.config.to_dict()).config == model.config
+
+
+def test_final_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"final\.pt"):
+        load_final_checkpoint(tmp_path / "final.pt")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt is not a samclip final checkpoint"):
+        load_final_checkpoint(tmp_path / "other.pt")
