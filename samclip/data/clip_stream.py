@@ -1,0 +1,180 @@
+"""D_CLIP: img2dataset webdataset shards -> variable-resolution batches of unlabeled images."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from samclip.data.batches import ClipBatch
+from samclip.data.images import decode_image, image_bytes, to_tensor
+from samclip.data.resolution import VariableResolutionSchedule
+from samclip.data.shards import count_samples, expand_urls
+from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream
+
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def random_resized_crop_box(
+    width: int, height: int, scale: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(left, top, w, h) by torchvision's RandomResizedCrop rule, drawn from ``rng``.
+
+    Written out because torchvision's ``get_params`` draws from the global torch RNG, which would make
+    the crops depend on the process rather than on (seed, step, rank).
+    """
+    area = width * height
+    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    in_ratio = width / height
+    if in_ratio < CROP_RATIO[0]:
+        w, h = width, round(width / CROP_RATIO[0])
+    elif in_ratio > CROP_RATIO[1]:
+        w, h = round(height * CROP_RATIO[1]), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def clip_train_transform(
+    image: Image.Image,
+    resolution: int,
+    rng: np.random.Generator,
+    crop_scale: tuple[float, float] = (0.9, 1.0),
+) -> torch.Tensor:
+    """Random resized crop (bicubic, as open_clip) to ``resolution`` and a horizontal flip; [3, R, R] in [0, 1]."""
+    left, top, w, h = random_resized_crop_box(image.width, image.height, crop_scale, rng)
+    image = image.resize(
+        (resolution, resolution), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h)
+    )
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return to_tensor(image)
+
+
+def clip_eval_transform(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Shorter side to ``resolution`` (bicubic), centre crop; [3, R, R] in [0, 1] (CLIP's eval preprocess)."""
+    scale = resolution / min(image.width, image.height)
+    w, h = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    image = image.resize((w, h), Image.Resampling.BICUBIC)
+    left, top = (w - resolution) // 2, (h - resolution) // 2
+    return to_tensor(image.crop((left, top, left + resolution, top + resolution)))
+
+
+def decode_clip_sample(raw: dict) -> tuple[str, Image.Image]:
+    return raw["__key__"], decode_image(image_bytes(raw))
+
+
+class ClipBatchBuilder(BatchBuilder[ClipBatch]):
+    stream_name = "clip"
+
+    def __init__(
+        self,
+        schedule: VariableResolutionSchedule,
+        weights: np.ndarray,
+        train: bool,
+        crop_scale: tuple[float, float],
+    ) -> None:
+        self.schedule = schedule
+        self.weights = weights
+        self.train = train
+        self.crop_scale = crop_scale
+
+    def build(self, global_step: int, reader: SampleReader, rng: np.random.Generator) -> ClipBatch:
+        resolution, batch_size = self.schedule.per_rank_at(global_step)
+        images = torch.empty(batch_size, 3, resolution, resolution)
+        keys = []
+        for j in range(batch_size):
+            source = int(rng.choice(len(self.weights), p=self.weights)) if len(self.weights) > 1 else 0
+            key, image = reader.next(source, decode_clip_sample)
+            if self.train:
+                images[j] = clip_train_transform(image, resolution, rng, self.crop_scale)
+            else:
+                images[j] = clip_eval_transform(image, resolution)
+            keys.append(key)
+        return ClipBatch(images=images, resolution=resolution, keys=keys)
+
+
+def _clip_sources(
+    urls: str | Sequence, weights: Sequence[float] | None
+) -> tuple[list[list[str]], np.ndarray]:
+    if weights is None:
+        return [expand_urls(urls)], np.ones(1)
+    if isinstance(urls, str) or len(urls) != len(weights):
+        raise ValueError(
+            f"with weights {list(weights)}, urls must be a list of {len(weights)} sources "
+            f"(each a brace pattern or a list of shards), got {urls!r}"
+        )
+    w = np.asarray([float(x) for x in weights])
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"mixing weights must be >= 0 with a positive sum, got {list(weights)}")
+    return [expand_urls(u) for u in urls], w / w.sum()
+
+
+class ClipStream(ShardedStream[ClipBatch]):
+    """D_CLIP for one rank: ``ClipBatch`` per step, resolution and batch from a ``VariableResolutionSchedule``.
+
+    ``urls``: a brace pattern (``.../{00000..00099}.tar``), a list of shards, or, with ``weights``, a list
+    of such sources mixed per sample with those probabilities. ``base_batch_size`` is the *global* batch at
+    ``base_resolution``. An epoch is ``steps_per_epoch`` steps, by default ``num_samples`` (counted from the
+    tars if not given) over the mean global batch; resampled mode draws shards with replacement and runs
+    forever unless ``steps_per_epoch``/``num_samples`` set nominal epochs.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence,
+        weights: Sequence[float] | None = None,
+        resolutions: Sequence[int] = (224, 448),
+        base_batch_size: int = 2048,
+        base_resolution: int = 224,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 4,
+        resampled: bool = False,
+        num_samples: int | None = None,
+        steps_per_epoch: int | None = None,
+        train: bool = True,
+        crop_scale: Sequence[float] = (0.9, 1.0),
+        max_skip_fraction: float = 0.1,
+        skip_rate_min_samples: int = 200,
+        prefetch_factor: int = 2,
+    ) -> None:
+        sources, probabilities = _clip_sources(urls, weights)
+        self.schedule = VariableResolutionSchedule(
+            resolutions, base_batch_size, base_resolution, seed, world_size
+        )
+        if steps_per_epoch is None and (num_samples is not None or not resampled):
+            if num_samples is None:
+                num_samples = sum(count_samples(s, desc="counting D_CLIP samples") for s in sources)
+            steps_per_epoch = int(num_samples // self.schedule.mean_global_batch_size)
+            if steps_per_epoch < 1:
+                raise ValueError(
+                    f"num_samples={num_samples} is less than one mean global batch "
+                    f"({self.schedule.mean_global_batch_size:g}); lower base_batch_size"
+                )
+        self.num_samples = num_samples
+        scale = (float(crop_scale[0]), float(crop_scale[1]))
+        super().__init__(
+            ClipBatchBuilder(self.schedule, probabilities, train, scale),
+            sources,
+            steps_per_epoch=steps_per_epoch,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+            resampled=resampled,
+            max_skip_fraction=max_skip_fraction,
+            skip_rate_min_samples=skip_rate_min_samples,
+            prefetch_factor=prefetch_factor,
+        )

@@ -1,0 +1,116 @@
+"""SA-1B samples as Meta distributes them: ``sa_<id>.jpg`` + ``sa_<id>.json`` with COCO-RLE masks."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from samclip.data.bad_samples import BadSample
+
+_SA_KEY = re.compile(r"(?:^|/)sa_(\d+)$")
+
+
+def image_id_from_key(key: str) -> int | None:
+    """``sa_123`` (or ``./sa_123``) -> 123; None for a key that is not an SA-1B image."""
+    match = _SA_KEY.search(key)
+    return int(match.group(1)) if match else None
+
+
+def rle_counts(counts: str | bytes) -> np.ndarray:
+    """Run lengths of a compressed COCO RLE string (the inverse of pycocotools' ``rleToString``).
+
+    Written out because pycocotools exposes no way to read the runs, and its decoder does not check
+    them: runs summing to less than h*w leave uninitialised pixels in the mask.
+    """
+    data = np.frombuffer(counts.encode("ascii") if isinstance(counts, str) else counts, dtype=np.uint8)
+    if data.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if (data < 48).any() or (data > 48 + 63).any():
+        raise ValueError("RLE string has characters outside the 6-bit alphabet")
+    chars = data.astype(np.int64) - 48
+    ends = np.flatnonzero((chars & 0x20) == 0)  # a number ends at the first char without the 'more' bit
+    if ends.size == 0 or ends[-1] != chars.size - 1:
+        raise ValueError("RLE string ends inside a number")
+    number = np.repeat(np.arange(ends.size), np.diff(np.concatenate([[-1], ends])))
+    first = np.concatenate([[0], ends[:-1] + 1])
+    position = np.arange(chars.size) - first[number]
+    values = np.zeros(ends.size, dtype=np.int64)
+    np.add.at(values, number, (chars & 0x1F) << (5 * position))
+    negative = (chars[ends] & 0x10) != 0  # sign bit of each number's last 5-bit group
+    values[negative] -= np.int64(1) << (5 * (position[ends][negative] + 1))
+    # From the fourth run on, runs are stored as differences to the run two before.
+    runs = values.copy()
+    runs[3::2] = np.cumsum(values[1::2])[1:] if values.size > 3 else runs[3::2]
+    runs[4::2] = np.cumsum(values[2::2])[1:] if values.size > 4 else runs[4::2]
+    return runs
+
+
+def check_rle(segmentation: object, height: int, width: int) -> dict:
+    """A valid compressed RLE of an ``height x width`` mask, or ``BadSample('malformed_rle')``."""
+    if not isinstance(segmentation, dict) or "size" not in segmentation or "counts" not in segmentation:
+        raise BadSample("malformed_rle", f"segmentation is not an RLE dict: {str(segmentation)[:80]}")
+    size, counts = segmentation["size"], segmentation["counts"]
+    if list(size) != [height, width]:
+        raise BadSample("malformed_rle", f"RLE size {size} is not the image's {[height, width]}")
+    if not isinstance(counts, (str, bytes)):
+        raise BadSample("malformed_rle", "uncompressed RLE counts (SA-1B stores compressed strings)")
+    try:
+        runs = rle_counts(counts)
+    except ValueError as exn:
+        raise BadSample("malformed_rle", str(exn)) from exn
+    if (runs < 0).any() or int(runs.sum()) != height * width:
+        raise BadSample("malformed_rle", f"run lengths sum to {int(runs.sum())}, not h*w = {height * width}")
+    return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+@dataclass
+class Sa1bRecord:
+    image_id: int
+    height: int
+    width: int
+    annotations: list[dict]
+
+
+def parse_annotation_file(data: bytes) -> Sa1bRecord:
+    """``sa_<id>.json`` -> its image entry and annotations, or ``BadSample('malformed_json')``."""
+    try:
+        doc = json.loads(data)
+        image = doc["image"]
+        record = Sa1bRecord(
+            int(image["image_id"]), int(image["height"]), int(image["width"]), doc["annotations"]
+        )
+    except (ValueError, KeyError, TypeError) as exn:
+        raise BadSample("malformed_json", f"{type(exn).__name__}: {exn}") from exn
+    if not isinstance(record.annotations, list) or record.height <= 0 or record.width <= 0:
+        raise BadSample("malformed_json", "annotations is not a list or the image size is not positive")
+    return record
+
+
+def annotation_area(annotation: dict) -> float:
+    area = annotation.get("area")
+    if isinstance(area, (int, float)):
+        return float(area)
+    return float(mask_utils.area(annotation["segmentation"]))
+
+
+def nearest_indices(source_size: int, target_size: int) -> np.ndarray:
+    # Centre-aligned nearest neighbour, so mask pixels stay on the bilinear-resized image's pixels.
+    return np.minimum(
+        ((np.arange(target_size) + 0.5) * (source_size / target_size)).astype(np.int64), source_size - 1
+    )
+
+
+def decode_masks(rles: list[dict], height: int, width: int, out_height: int, out_width: int) -> np.ndarray:
+    """pycocotools-decoded masks, resized by nearest neighbour: [N, out_height, out_width] bool."""
+    decoded = mask_utils.decode(
+        rles
+    )  # [h, w, N], Fortran order: each mask is a contiguous column-major block
+    by_mask = decoded.transpose(2, 1, 0)  # [N, w, h], C-contiguous
+    rows = nearest_indices(height, out_height)
+    cols = nearest_indices(width, out_width)
+    resized = by_mask[:, cols[:, None], rows[None, :]]  # [N, out_w, out_h]
+    return resized.transpose(0, 2, 1).astype(bool)

@@ -1,0 +1,219 @@
+"""D_SAM: SA-1B tars (or directories of jpg/json pairs) -> SAM-frame batches with prompts sampled from masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from samclip.data.bad_samples import BadSample
+from samclip.data.batches import SamBatch
+from samclip.data.images import decode_image, to_tensor
+from samclip.data.manifest import read_manifest
+from samclip.data.prompts_sampling import sample_prompts
+from samclip.data.resolution import per_rank_batch_size
+from samclip.data.sa1b import (
+    annotation_area,
+    check_rle,
+    decode_masks,
+    image_id_from_key,
+    parse_annotation_file,
+)
+from samclip.data.shards import count_samples, expand_urls
+from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream
+from samclip.models.preprocess import SAM_PAD_VALUE, pad_to_square, resized_longest_side_shape
+from samclip.models.prompts import SamPrompts
+
+
+@dataclass
+class SamImage:
+    """One SA-1B image in SAM's frame with its sampled masks and prompts (image_index still to be set)."""
+
+    key: str
+    image: torch.Tensor  # [3, S, S]
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+    prompts: list[SamPrompts]
+    masks: np.ndarray  # [N, h, w] bool in the resized frame, in prompt order
+
+
+@dataclass(frozen=True)
+class SamSampling:
+    """How masks and prompts are drawn from one image (the config of the D_SAM stream)."""
+
+    image_size: int = 1024
+    masks_per_image: int = 32
+    min_mask_area: float = 100.0
+    box_prompt_fraction: float = 0.5
+    max_points: int = 1
+    box_noise_std: float = 0.1
+    box_noise_max: float = 20.0
+
+
+def prepare_sa1b_sample(raw: dict, sampling: SamSampling, rng: np.random.Generator) -> SamImage:
+    """Decode, sample up to ``masks_per_image`` masks, resize the longest side, prompt. Raises ``BadSample``."""
+    key = raw["__key__"]
+    if "json" not in raw:
+        raise BadSample("missing_json" if "jpg" in raw else "no_image", f"files: {sorted(raw)}")
+    if "jpg" not in raw:
+        raise BadSample("no_image", f"files: {sorted(raw)}")
+    record = parse_annotation_file(raw["json"])
+    candidates = []
+    for annotation in record.annotations:
+        if not isinstance(annotation, dict):
+            raise BadSample("malformed_json", f"annotation is a {type(annotation).__name__}, not an object")
+        try:
+            if annotation_area(annotation) >= sampling.min_mask_area:
+                candidates.append(annotation)
+        except (KeyError, TypeError, ValueError) as exn:
+            raise BadSample("malformed_rle", f"annotation {annotation.get('id', '?')}: {exn}") from exn
+    if not candidates:
+        raise BadSample("no_usable_annotation", f"no mask of area >= {sampling.min_mask_area}")
+    chosen = rng.permutation(len(candidates))[: sampling.masks_per_image]
+    rles = [check_rle(candidates[i].get("segmentation"), record.height, record.width) for i in chosen]
+
+    image = decode_image(raw["jpg"])
+    if (image.height, image.width) != (record.height, record.width):
+        raise BadSample(
+            "malformed_json",
+            f"json says {record.height}x{record.width}, the jpg is {image.height}x{image.width}",
+        )
+    height, width = resized_longest_side_shape(record.height, record.width, sampling.image_size)
+    masks = decode_masks(rles, record.height, record.width, height, width)
+    masks = masks[masks.reshape(len(masks), -1).any(axis=1)]  # masks too small to survive the resize
+    if len(masks) == 0:
+        raise BadSample("no_usable_annotation", f"every sampled mask vanished at {height}x{width}")
+    prompts, order = sample_prompts(
+        masks,
+        image_index=0,
+        rng=rng,
+        box_prompt_fraction=sampling.box_prompt_fraction,
+        max_points=sampling.max_points,
+        box_noise_std=sampling.box_noise_std,
+        box_noise_max=sampling.box_noise_max,
+    )
+    # segment_anything's ResizeLongestSide resizes the uint8 image with bilinear filtering (PIL).
+    resized = to_tensor(image.resize((width, height), Image.Resampling.BILINEAR))
+    framed = pad_to_square(resized[None], sampling.image_size, SAM_PAD_VALUE)[0]
+    return SamImage(key, framed, (height, width), (record.height, record.width), prompts, masks[order])
+
+
+class SamBatchBuilder(BatchBuilder[SamBatch]):
+    stream_name = "sam"
+
+    def __init__(
+        self, sampling: SamSampling, batch_size: int, return_gt_masks: bool, manifest: frozenset[int] | None
+    ) -> None:
+        self.sampling = sampling
+        self.batch_size = batch_size
+        self.return_gt_masks = return_gt_masks
+        self.manifest = manifest
+
+    def keep_key(self, key: str) -> bool:
+        return self.manifest is None or image_id_from_key(key) in self.manifest
+
+    def build(self, global_step: int, reader: SampleReader, rng: np.random.Generator) -> SamBatch:
+        samples = [
+            reader.next(0, lambda raw: prepare_sa1b_sample(raw, self.sampling, rng))
+            for _ in range(self.batch_size)
+        ]
+        prompts = []
+        for index, sample in enumerate(samples):
+            prompts.extend(replace(p, image_index=index) for p in sample.prompts)
+        gt_masks = None
+        if self.return_gt_masks:
+            size = self.sampling.image_size
+            gt_masks = []
+            for sample in samples:
+                framed = torch.zeros(len(sample.masks), size, size, dtype=torch.bool)
+                framed[:, : sample.input_size[0], : sample.input_size[1]] = torch.from_numpy(sample.masks)
+                gt_masks.append(framed)
+        return SamBatch(
+            images=torch.stack([s.image for s in samples]),
+            input_sizes=torch.tensor([s.input_size for s in samples], dtype=torch.int64),
+            original_sizes=torch.tensor([s.original_size for s in samples], dtype=torch.int64),
+            prompts=prompts,
+            gt_masks=gt_masks,
+            keys=[s.key for s in samples],
+        )
+
+
+class SamStream(ShardedStream[SamBatch]):
+    """D_SAM for one rank: ``SamBatch`` of ``global_batch_size / world_size`` SA-1B images per step.
+
+    ``urls``: SA-1B tars (brace pattern or list; local or ``pipe:``) and/or directories of jpg/json pairs.
+    ``manifest``: a text file of image ids; only those images are used (the others are read and dropped).
+    An epoch is ``steps_per_epoch`` steps, by default the manifest's size (or the number of images) over
+    the global batch. ``min_mask_area`` is in pixels of the original image. ``return_gt_masks`` adds the
+    sampled masks in the SAM frame (large: [N, S, S] bool per image; distillation does not need them).
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        global_batch_size: int = 32,
+        masks_per_image: int = 32,
+        min_mask_area: float = 100.0,
+        image_size: int = 1024,
+        box_prompt_fraction: float = 0.5,
+        max_points: int = 1,
+        box_noise_std: float = 0.1,
+        box_noise_max: float = 20.0,
+        manifest: str | None = None,
+        return_gt_masks: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 4,
+        resampled: bool = False,
+        num_samples: int | None = None,
+        steps_per_epoch: int | None = None,
+        max_skip_fraction: float = 0.1,
+        skip_rate_min_samples: int = 200,
+        prefetch_factor: int = 2,
+    ) -> None:
+        if masks_per_image < 1 or max_points < 1 or image_size < 1:
+            raise ValueError(
+                f"masks_per_image, max_points and image_size must be >= 1, got {masks_per_image}, {max_points}, {image_size}"
+            )
+        if not 0.0 <= box_prompt_fraction <= 1.0:
+            raise ValueError(f"box_prompt_fraction must be in [0, 1], got {box_prompt_fraction}")
+        shards = expand_urls(urls)
+        ids = read_manifest(manifest) if manifest is not None else None
+        batch_size = per_rank_batch_size(global_batch_size, world_size)
+        if steps_per_epoch is None and (num_samples is not None or not resampled):
+            if num_samples is None:
+                num_samples = (
+                    len(ids) if ids is not None else count_samples(shards, desc="counting SA-1B images")
+                )
+            steps_per_epoch = num_samples // global_batch_size
+            if steps_per_epoch < 1:
+                raise ValueError(
+                    f"num_samples={num_samples} is less than one global batch ({global_batch_size})"
+                )
+        self.num_samples = num_samples
+        sampling = SamSampling(
+            image_size,
+            masks_per_image,
+            min_mask_area,
+            box_prompt_fraction,
+            max_points,
+            box_noise_std,
+            box_noise_max,
+        )
+        super().__init__(
+            SamBatchBuilder(sampling, batch_size, return_gt_masks, ids),
+            [shards],
+            steps_per_epoch=steps_per_epoch,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+            resampled=resampled,
+            max_skip_fraction=max_skip_fraction,
+            skip_rate_min_samples=skip_rate_min_samples,
+            prefetch_factor=prefetch_factor,
+        )
