@@ -1,0 +1,1 @@
+"""Readers for the benchmark layouts as they are distributed (no conversion step needed)."""

@@ -1,0 +1,78 @@
+"""Zero-shot classification data: an ImageFolder tree or webdataset shards, plus the class names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+from torchvision.datasets import ImageFolder
+
+IMAGE_KEYS = "jpg;jpeg;png;webp"
+
+
+def read_classnames(spec: str | Sequence[str] | None, folder_classes: Sequence[str] | None = None) -> list[str]:
+    """Class names in label order: ``"imagenet"`` (open_clip's list), a text file (one per line), a list,
+    or, for an ImageFolder, its folder names (underscores as spaces) when ``spec`` is None."""
+    if spec is None:
+        if folder_classes is None:
+            raise ValueError("eval.classnames is required for webdataset classification data")
+        return [name.replace("_", " ") for name in folder_classes]
+    if isinstance(spec, str):
+        if spec == "imagenet":
+            return list(open_clip.IMAGENET_CLASSNAMES)
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"class name file {path} does not exist (or use 'imagenet' or a list)")
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [str(name) for name in spec]
+
+
+def image_folder_loader(
+    root: str | Path, transform: Callable[[Image.Image], torch.Tensor], batch_size: int, num_workers: int
+) -> tuple[DataLoader, list[str]]:
+    """``root/<class>/<image>`` (e.g. ImageNet val sorted into synset folders); returns loader and folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageFolder root {root} does not exist")
+    dataset = ImageFolder(str(root), transform=transform)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    return loader, list(dataset.classes)
+
+
+def webdataset_loader(
+    shards: str | Sequence[str],
+    transform: Callable[[Image.Image], torch.Tensor],
+    batch_size: int,
+    num_workers: int,
+    label_key: str = "cls",
+) -> DataLoader:
+    """Shards holding an image (jpg/png/webp) and an integer label under ``label_key`` (clip_benchmark's layout)."""
+    urls = _expand(shards)
+    dataset: IterableDataset = (
+        wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+        .decode("pil")
+        .to_tuple(IMAGE_KEYS, label_key)
+        .map_tuple(transform, _as_label)
+        .batched(batch_size, partial=True)
+    )
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers)
+
+
+def _as_label(value: object) -> int:
+    if isinstance(value, bytes):
+        value = value.decode()
+    return int(str(value).strip())
+
+
+def _expand(shards: str | Sequence[str]) -> list[str]:
+    patterns = [shards] if isinstance(shards, str) else list(shards)
+    urls = [url for pattern in patterns for url in wds.shardlists.expand_urls(pattern)]
+    missing = [url for url in urls if "://" not in url and not Path(url).is_file()]
+    if missing:
+        raise FileNotFoundError(f"webdataset shard {missing[0]} does not exist ({len(missing)} missing)")
+    return urls

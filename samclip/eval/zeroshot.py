@@ -1,0 +1,141 @@
+"""Zero-shot heads on top of the merged model: text classifiers, CLIP-head and CLIP+SAM semantic segmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from samclip.eval.transforms import resize_square, to_float_tensor
+from samclip.models import SamClipModel
+from samclip.models.preprocess import upscale_mask_logits
+
+Template = str | Callable[[str], str]
+OPENAI_TEMPLATES: tuple[Template, ...] = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)  # the 80 templates
+# Coarse CLIP-head probabilities become SAM mask-input logits through log-odds, clamped to SAM's usual range.
+MASK_INPUT_CLAMP = 20.0
+
+
+class TextModel(Protocol):
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+
+def build_text_classifier(
+    text_model: TextModel,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[Template] = OPENAI_TEMPLATES,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """[D, C] unit-norm class embeddings: each class's template embeddings averaged (open_clip's helper)."""
+    return open_clip.build_zero_shot_classifier(
+        text_model,
+        tokenizer=tokenizer,
+        classnames=[name.strip() for name in classnames],
+        templates=list(templates),
+        num_classes_per_batch=10,
+        device=device,
+    )
+
+
+class SemanticPrediction(NamedTuple):
+    label_map: torch.Tensor  # [H, W] long: index into the class list, at the input image's size
+    clip_logits: torch.Tensor  # [C, H, W] cosine similarities of the CLIP head's patches, upsampled
+
+
+def patch_cosine(patch_embeds: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """[h, w, D] patch embeddings x [D, C] classifier -> [C, h, w] cosine similarity."""
+    return torch.einsum("hwd,dc->chw", F.normalize(patch_embeds.float(), dim=-1), classifier.float())
+
+
+@torch.no_grad()
+def segment_with_clip_head(
+    model: SamClipModel, image: np.ndarray, classifier: torch.Tensor, resolution: int = 448
+) -> SemanticPrediction:
+    """The paper's protocol: resize to RxR, CLIP-head patch features, cosine per class, logits upsampled."""
+    device = next(model.parameters()).device
+    height, width = image.shape[:2]
+    pixels = resize_square(to_float_tensor(image).to(device), resolution)
+    patches = model(pixels, clip=True, dense=True).clip.patch_embeds[0]
+    logits = patch_cosine(patches, classifier.to(device))
+    logits = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    return SemanticPrediction(label_map=logits.argmax(0), clip_logits=logits)
+
+
+@torch.no_grad()
+def segment_with_both_heads(
+    model: SamClipModel,
+    image: np.ndarray,
+    classifier: torch.Tensor,
+    *,
+    logit_scale: float,
+    threshold: float = 0.5,
+    num_points: int = 3,
+    background_index: int | None = None,
+    generator: torch.Generator | None = None,
+) -> SemanticPrediction:
+    """CLIP head + SAM head composition (paper, appendix C), from one backbone pass in SAM's frame.
+
+    Per class, the CLIP-head probability is the softmax over classes of ``logit_scale`` x cosine. A class
+    whose probability exceeds ``threshold`` somewhere is prompted with up to ``num_points`` points drawn
+    (weighted by probability, from ``generator``) where it does, plus its probability map as the coarse
+    mask (log-odds at the prompt encoder's low-res size). Each pixel takes the prompted class with the
+    highest SAM logit. Pixels no SAM mask claims (all logits <= 0) take ``background_index`` when the
+    class list has a background (it is never prompted), else the CLIP head's own argmax.
+    """
+    embedding = model.embed_image(image)
+    frame = model.config.image_size
+    patches = model.clip_head(embedding.features.tokens, dense=True).patch_embeds[0]
+    cosine = patch_cosine(patches, classifier.to(patches.device))  # [C, g, g] over the padded frame
+    probs = torch.softmax(logit_scale * cosine, dim=0)
+    full_probs = upscale_mask_logits(probs[None], frame, embedding.input_size, embedding.original_size)[0]
+    full_cosine = upscale_mask_logits(cosine[None], frame, embedding.input_size, embedding.original_size)[0]
+    clip_labels = full_cosine.argmax(0)
+
+    low_res = 4 * model.config.grid_size  # SAM's mask-input side (256 at 1024 px)
+    coarse = F.interpolate(probs[None], size=(low_res, low_res), mode="bilinear", align_corners=False)[0]
+    coarse = torch.logit(coarse.clamp(1e-6, 1 - 1e-6)).clamp(-MASK_INPUT_CLAMP, MASK_INPUT_CLAMP)
+
+    prompted, sam_logits = [], []
+    for class_index in range(classifier.shape[1]):
+        if class_index == background_index:
+            continue
+        points = _sample_points(full_probs[class_index], threshold, num_points, generator)
+        if points is None:
+            continue
+        result = model.segment(
+            embedding,
+            points=points.cpu().numpy(),
+            point_labels=np.ones(len(points), dtype=np.int64),
+            mask_input=coarse[class_index][None, None],
+        )
+        logits = upscale_mask_logits(result.logits, frame, embedding.input_size, embedding.original_size)
+        prompted.append(class_index)
+        sam_logits.append(logits[0, 0])
+    fallback = (
+        torch.full_like(clip_labels, background_index) if background_index is not None else clip_labels
+    )
+    if not prompted:
+        return SemanticPrediction(label_map=fallback, clip_logits=full_cosine)
+    stacked = torch.stack(sam_logits)
+    best, best_index = stacked.max(0)
+    labels = torch.as_tensor(prompted, device=best_index.device)[best_index]
+    label_map = torch.where(best > 0, labels, fallback)
+    return SemanticPrediction(label_map=label_map, clip_logits=full_cosine)
+
+
+def _sample_points(
+    prob: torch.Tensor, threshold: float, num_points: int, generator: torch.Generator | None
+) -> torch.Tensor | None:
+    """Up to ``num_points`` (x, y) pixels where ``prob > threshold``, drawn without replacement by probability."""
+    ys, xs = torch.nonzero(prob > threshold, as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    weights = prob[ys, xs].double().cpu()
+    count = min(num_points, ys.numel())
+    chosen = torch.multinomial(weights, count, replacement=False, generator=generator).to(ys.device)
+    return torch.stack([xs[chosen], ys[chosen]], dim=1).double()

@@ -1,0 +1,120 @@
+"""``samclip-export``: the merged model as an official SAM checkpoint or as a self-contained samclip directory.
+
+    samclip-export CKPT --format sam --out sam_vit_b_samclip.pth
+    samclip-export CKPT --format samclip --out merged/
+
+CKPT is a stage's ``final.pt``, or a bare student state dict together with ``--model NAME`` (and, for
+``--format samclip``, ``--clip-model``/``--clip-pretrained`` naming the text tower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from samclip.inference import MergedSamClip, TextEncoder
+from samclip.models import MODEL_CONFIGS, SamClipModel, create_model
+from samclip.models.config import SAM_REGISTRY_NAMES
+from samclip.models.final_checkpoint import ClipTeacherSpec, atomic_torch_save, load_final_checkpoint
+from samclip.models.sam_checkpoint import to_official_state_dict, validate_sam_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def official_sam_state_dict(model: SamClipModel) -> dict[str, torch.Tensor]:
+    """The backbone and SAM head in segment_anything's key layout (the CLIP head is left out)."""
+    state = to_official_state_dict(model.backbone.state_dict(), model.sam_head.state_dict())
+    state = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    validate_sam_state_dict(state, model.config, source="the exported state dict")
+    return state
+
+
+def sam_registry_name(model: SamClipModel) -> str | None:
+    """The ``sam_model_registry`` key that builds this model's shape, if segment_anything has one."""
+    for name, registry_name in SAM_REGISTRY_NAMES.items():
+        reference = MODEL_CONFIGS[name]
+        if asdict(reference) | {"extra": {}} == asdict(model.config) | {"extra": {}}:
+            return registry_name
+    return None
+
+
+def export_sam(model: SamClipModel, out: str | Path) -> Path:
+    """Write an official SAM checkpoint: ``sam_model_registry[name](checkpoint=out)`` loads it unmodified."""
+    out = Path(out)
+    atomic_torch_save(official_sam_state_dict(model), out)
+    registry = sam_registry_name(model)
+    if registry is None:
+        log.warning(
+            "%s has a shape segment_anything's registry does not build; load it with "
+            "samclip.models.sam_checkpoint.build_official_sam(config).load_state_dict(torch.load(FILE))",
+            out,
+        )
+    else:
+        log.info("wrote %s: load with segment_anything.sam_model_registry[%r](checkpoint=...)", out, registry)
+    return out
+
+
+def load_student(
+    checkpoint: str | Path,
+    model_name: str | None = None,
+    clip_model: str | None = None,
+    clip_pretrained: str | None = None,
+) -> tuple[SamClipModel, ClipTeacherSpec | None]:
+    """A final.pt (``model_name`` None) or a bare student state dict of the named model."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if model_name is None:
+        final = load_final_checkpoint(path)
+        teacher = final.clip_teacher
+        if clip_model is not None:
+            teacher = ClipTeacherSpec(clip_model, clip_pretrained)
+        return final.build_model(), teacher
+    model = create_model(model_name)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path} is not a state dict of {model_name}: {error}") from error
+    teacher = None if clip_model is None else ClipTeacherSpec(clip_model, clip_pretrained)
+    return model, teacher
+
+
+def export_samclip(model: SamClipModel, teacher: ClipTeacherSpec | None, out: str | Path) -> Path:
+    """Write the merged model (backbone, both heads, CLIP text tower) as safetensors + ``config.json``."""
+    if teacher is None:
+        raise ValueError(
+            "--format samclip needs the CLIP text tower: a final.pt records it, a bare state dict needs "
+            "--clip-model NAME [--clip-pretrained TAG_OR_FILE]"
+        )
+    text = TextEncoder.from_open_clip(teacher.model_name, teacher.pretrained)
+    return MergedSamClip(model, text, teacher).save_pretrained(out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="samclip-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a stage's final.pt, or a bare student state dict with --model")
+    parser.add_argument("--format", choices=("sam", "samclip"), required=True)
+    parser.add_argument("--out", required=True, help="a .pth file (sam) or a directory (samclip)")
+    parser.add_argument("--model", default=None, help=f"model name for a bare state dict: {sorted(MODEL_CONFIGS)}")
+    parser.add_argument("--clip-model", default=None, help="open_clip model name of the text tower")
+    parser.add_argument("--clip-pretrained", default=None, help="open_clip tag or checkpoint file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    model, teacher = load_student(args.checkpoint, args.model, args.clip_model, args.clip_pretrained)
+    if args.format == "sam":
+        export_sam(model, args.out)
+    else:
+        export_samclip(model, teacher, args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The merged model for users: SAM-CLIP's image model plus the CLIP teacher's frozen text tower.
+
+``samclip.load(path)`` reads a stage's ``final.pt`` (the text tower then comes from the recorded CLIP
+teacher) or a directory written by ``samclip-export --format samclip`` (everything included).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from samclip.eval.transforms import ImageLike, classification_transform, to_uint8_array
+from samclip.eval.zeroshot import (
+    OPENAI_TEMPLATES,
+    SemanticPrediction,
+    Template,
+    build_text_classifier,
+    segment_with_both_heads,
+    segment_with_clip_head,
+)
+from samclip.models import SamClipConfig, SamClipModel, Segmentation, create_model_from_config
+from samclip.models.final_checkpoint import ClipTeacherSpec, load_final_checkpoint
+from samclip.models.teachers import ClipTeacher  # noqa: F401  (registers samclip's small open_clip configs)
+
+EXPORT_FORMAT = "samclip-merged"
+EXPORT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class TextEncoder(nn.Module):
+    """The CLIP teacher's text tower: an open_clip model whose image tower is dropped, plus its tokenizer."""
+
+    def __init__(self, clip_model: nn.Module, model_name: str) -> None:
+        super().__init__()
+        clip_model.visual = nn.Identity()  # encode_text never touches it; this frees the image tower
+        self.clip = clip_model.requires_grad_(False).eval()
+        self.model_name = model_name
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+
+    @classmethod
+    def from_open_clip(cls, model_name: str, pretrained: str | None = None) -> TextEncoder:
+        """``pretrained`` is an open_clip tag or a checkpoint file (as the CLIP teacher's spec records)."""
+        if pretrained and any(sep in pretrained for sep in "/\\") and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist")
+        return cls(open_clip.create_model(model_name, pretrained=pretrained or None), model_name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    @property
+    def logit_scale(self) -> float:
+        """The CLIP model's learned softmax temperature (exp of its ``logit_scale``; 100 for trained CLIPs)."""
+        scale = getattr(self.clip, "logit_scale", None)
+        return float(scale.exp()) if scale is not None else 100.0
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str] | torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        tokens = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts)
+        return self.clip.encode_text(tokens.to(self.device), normalize=normalize)
+
+
+class Classification(NamedTuple):
+    labels: list[str]
+    probs: torch.Tensor  # [C] softmax over the labels
+
+    @property
+    def top(self) -> str:
+        return self.labels[int(self.probs.argmax())]
+
+
+class MergedSamClip(nn.Module):
+    """SAM-CLIP ready for use: CLIP-style image/text embeddings, SAM masks and zero-shot segmentation."""
+
+    def __init__(
+        self, model: SamClipModel, text: TextEncoder, clip_teacher: ClipTeacherSpec | None = None
+    ) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.text = text
+        self.clip_teacher = clip_teacher
+        self._classifiers: dict[tuple[tuple[str, ...], int], torch.Tensor] = {}
+
+    @property
+    def config(self) -> SamClipConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """[B, 3, H, W] float in [0, 1], H and W multiples of 16 -> [B, D] CLIP image embeddings."""
+        return self.model.encode_image(images.to(self.device), normalize=normalize)
+
+    def encode_text(self, texts: Sequence[str] | torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.text.encode_text(texts, normalize=normalize)
+
+    def text_classifier(self, labels: Sequence[str], templates: Sequence[Template] = OPENAI_TEMPLATES) -> torch.Tensor:
+        """[D, C] zero-shot classifier from the 80 OpenAI templates (cached per label list)."""
+        key = (tuple(labels), id(templates))
+        if key not in self._classifiers:
+            self._classifiers[key] = build_text_classifier(
+                self.text, self.text.tokenizer, labels, templates, device=self.text.device
+            ).to(self.device)
+        return self._classifiers[key]
+
+    @torch.no_grad()
+    def classify(self, image: ImageLike, labels: Sequence[str], resolution: int = 224) -> Classification:
+        """Zero-shot classification of one image among ``labels`` (CLIP's protocol)."""
+        if not labels:
+            raise ValueError("classify needs at least one label")
+        pil = _to_pil(image)
+        pixels = classification_transform(resolution)(pil)[None].to(self.device)
+        embeds = self.encode_image(pixels, normalize=True)
+        logits = self.text.logit_scale * embeds @ self.text_classifier(labels)
+        return Classification(labels=list(labels), probs=logits.softmax(-1)[0].cpu())
+
+    @torch.no_grad()
+    def segment(
+        self,
+        image: ImageLike,
+        boxes: np.ndarray | Sequence[Sequence[float]] | None = None,
+        points: np.ndarray | Sequence[Sequence[float]] | None = None,
+        point_labels: np.ndarray | Sequence[int] | None = None,
+        multimask: bool = False,
+    ) -> Segmentation:
+        """SAM-head masks for box and/or point prompts in image pixels (``SamPredictor`` semantics).
+
+        Points without ``point_labels`` are all foreground.
+        """
+        if points is not None and point_labels is None:
+            point_labels = np.ones(np.asarray(points).shape[:-1], dtype=np.int64)
+        return self.model.segment(
+            to_uint8_array(image),
+            boxes=None if boxes is None else np.asarray(boxes, dtype=np.float64),
+            points=None if points is None else np.asarray(points, dtype=np.float64),
+            point_labels=point_labels,
+            multimask=multimask,
+        )
+
+    @torch.no_grad()
+    def semantic_segment(
+        self,
+        image: ImageLike,
+        labels: Sequence[str],
+        mode: str = "clip",
+        *,
+        resolution: int = 448,
+        threshold: float = 0.5,
+        num_points: int = 3,
+        background_index: int | None = None,
+        seed: int = 0,
+    ) -> SemanticPrediction:
+        """Zero-shot semantic segmentation: ``mode="clip"`` (CLIP head at ``resolution``) or ``"composed"``
+        (CLIP head prompts the SAM head in SAM's frame; see ``segment_with_both_heads``)."""
+        array = to_uint8_array(image)
+        classifier = self.text_classifier(labels)
+        if mode == "clip":
+            return segment_with_clip_head(self.model, array, classifier, resolution)
+        if mode == "composed":
+            return segment_with_both_heads(
+                self.model,
+                array,
+                classifier,
+                logit_scale=self.text.logit_scale,
+                threshold=threshold,
+                num_points=num_points,
+                background_index=background_index,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        raise ValueError(f"unknown semantic segmentation mode {mode!r}; use 'clip' or 'composed'")
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the whole merged model as ``model.safetensors`` + ``config.json`` (read by :func:`load`)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(self, str(directory / WEIGHTS_FILE))
+        config = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "model_config": self.config.to_dict(),
+            "text_model": self.text.model_name,
+            "tokenizer": self.text.model_name,
+            "clip_teacher": None
+            if self.clip_teacher is None
+            else {"model_name": self.clip_teacher.model_name, "pretrained": self.clip_teacher.pretrained},
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        return directory
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> MergedSamClip:
+    """The merged model from a stage's ``final.pt`` or a ``samclip-export --format samclip`` directory."""
+    path = Path(path)
+    if path.is_dir():
+        merged = _load_exported(path)
+    elif path.is_file():
+        final = load_final_checkpoint(path)
+        text = TextEncoder.from_open_clip(final.clip_teacher.model_name, final.clip_teacher.pretrained)
+        merged = MergedSamClip(final.build_model(), text, final.clip_teacher)
+    else:
+        raise FileNotFoundError(f"{path} is neither a final.pt checkpoint nor an exported samclip directory")
+    return merged.to(device).eval()
+
+
+def _load_exported(directory: Path) -> MergedSamClip:
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for required in (config_path, weights_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required} is missing: {directory} is not a samclip export")
+    config: dict[str, Any] = json.loads(config_path.read_text())
+    if config.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{config_path} has format {config.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    teacher = config.get("clip_teacher")
+    merged = MergedSamClip(
+        create_model_from_config(config["model_config"]),
+        TextEncoder(open_clip.create_model(config["text_model"], pretrained=None), config["tokenizer"]),
+        None if teacher is None else ClipTeacherSpec(**teacher),
+    )
+    load_model(merged, str(weights_path), strict=True)
+    return merged
+
+
+def _to_pil(image: ImageLike) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    return Image.fromarray(to_uint8_array(image))
