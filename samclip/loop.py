@@ -1,0 +1,167 @@
+"""The training loop: one function for every stage. Logging, hooks and checkpoints each decide when they act."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from samclip.checkpoint import Checkpointer, training_state
+from samclip.data.bad_samples import SKIP_KINDS
+from samclip.distributed import DistEnv, all_reduce_sum
+from samclip.step import forward_backward
+from samclip.task import DistillationTask
+from samclip.tracking import Tracker
+
+StepHook = Callable[[int, nn.Module], None]  # called after every step; acts when it chooses to
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoopCounters:
+    skipped_steps: int = 0
+    consecutive_nonfinite: int = 0
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    clip_micro_batch_size: int
+    sam_micro_batch_size: int
+    max_grad_norm: float | None = 1.0
+    max_consecutive_nonfinite: int = 5
+    autocast_dtype: torch.dtype | None = None
+
+
+@dataclass
+class StageState:
+    """Everything the loop mutates, besides the model and optimizer."""
+
+    step: int
+    counters: LoopCounters = field(default_factory=LoopCounters)
+
+
+def train_stage(
+    task: DistillationTask,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    streams: Mapping[str, Iterable[Any]],
+    state: StageState,
+    last_step: int,
+    *,
+    stage: str,
+    options: LoopOptions,
+    env: DistEnv,
+    tracker: Tracker,
+    checkpointer: Checkpointer,
+    extra_state: Mapping[str, Any] | None = None,
+    hooks: Sequence[StepHook] = (),
+) -> StageState:
+    """Run optimizer steps ``state.step + 1 .. last_step``; ``student`` is the (possibly DDP-wrapped) trainee."""
+    params = [p for p in task.student.parameters() if p.requires_grad]
+    batches = {name: _forever(stream) for name, stream in streams.items()}
+    task.train()
+    while state.step < last_step:
+        clip_batch = next(batches["clip"]).to(env.device) if "clip" in batches else None
+        sam_batch = next(batches["sam"]).to(env.device) if "sam" in batches else None
+        optimizer.zero_grad(set_to_none=True)
+        losses = forward_backward(
+            task,
+            student,
+            clip_batch,
+            sam_batch,
+            clip_micro_batch_size=options.clip_micro_batch_size,
+            sam_micro_batch_size=options.sam_micro_batch_size,
+            env=env,
+            autocast_dtype=options.autocast_dtype,
+        )
+        max_norm = options.max_grad_norm if options.max_grad_norm else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+        # Gradients are all-reduced, so every rank sees the same norm and takes the same branch.
+        if math.isfinite(losses.total) and math.isfinite(grad_norm):
+            optimizer.step()
+            state.counters.consecutive_nonfinite = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            state.counters.skipped_steps += 1
+            state.counters.consecutive_nonfinite += 1
+            if state.counters.consecutive_nonfinite >= options.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"{stage}: {state.counters.consecutive_nonfinite} consecutive steps with a non-finite loss "
+                    f"({losses.total}) or gradient norm ({grad_norm}) at step {state.step + 1}; stopping. "
+                    f"The last checkpoint in {checkpointer.directory} is from before them "
+                    f"(trainer.max_consecutive_nonfinite={options.max_consecutive_nonfinite})."
+                )
+        lrs = {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}
+        scheduler.step()
+        state.step += 1
+        tracker.count_images(losses.num_clip_images, losses.num_sam_images)
+
+        if tracker.due(state.step):
+            skipped = _skipped_samples(streams, env)
+            tracker.log(
+                state.step,
+                {
+                    "loss": losses.total,
+                    "loss_clip": losses.clip,
+                    "loss_sam": losses.sam,
+                    "loss_sam_focal": losses.sam_focal,
+                    "loss_sam_dice": losses.sam_dice,
+                    **lrs,
+                    "grad_norm": grad_norm,
+                    "resolution/clip": None if clip_batch is None else int(clip_batch.images.shape[-1]),
+                    "skipped_steps": state.counters.skipped_steps,
+                    **skipped,
+                },
+            )
+        for hook in hooks:
+            hook(state.step, task.student)
+        if checkpointer.due(state.step, last_step):
+            checkpointer.save_all_ranks(
+                state.step,
+                training_state(
+                    task.student,
+                    optimizer,
+                    scheduler,
+                    streams,
+                    state,
+                    stage=stage,
+                    env=env,
+                    extra=extra_state or {},
+                ),
+                env,
+            )
+    return state
+
+
+def _forever(stream: Iterable[Any]) -> Iterator[Any]:
+    """Epoch after epoch: a data stream's ``__iter__`` ends with its epoch and resumes from its own state."""
+    while True:
+        yielded = False
+        for batch in stream:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise RuntimeError(f"data stream {stream!r} produced no batch in a whole epoch")
+
+
+def _skipped_samples(streams: Mapping[str, Any], env: DistEnv) -> dict[str, int]:
+    """Global counts of samples the data streams skipped, by stream and kind (a fixed key set on every rank)."""
+    names = [f"{name}/{kind}" for name in streams for kind in SKIP_KINDS]
+    local = [
+        float(getattr(streams[name], "skipped", {}).get(f"skipped/{kind}", 0))
+        for name in streams
+        for kind in SKIP_KINDS
+    ]
+    if not names:
+        return {"skipped_samples": 0}
+    totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=env.device), env).tolist()
+    counts = {f"skipped/{name}": int(v) for name, v in zip(names, totals, strict=True) if v}
+    return {"skipped_samples": sum(counts.values()), **counts}

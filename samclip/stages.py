@@ -1,0 +1,136 @@
+"""A stage of the recipe as data: what trains, on which streams, how fast and for how long.
+
+``head_probe``, ``multitask`` and ``res_adapt`` are three instances of :class:`Stage` (see
+``configs/stage/``); one loop runs them all. Derived numbers (steps per epoch, stop step) are
+computed here, once, and the checks that must fail before any work live here too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+STAGE_NAMES = ("head_probe", "multitask", "res_adapt")
+HEAD_LOSSES = {"clip_head": "clip", "sam_head": "sam"}
+
+
+@dataclass(frozen=True)
+class ClipStreamSpec:
+    """D_CLIP in a stage: variable resolution; the data stream scales the batch as (base_resolution / r)²."""
+
+    resolutions: Sequence[int]
+    batch_size: int  # global, at base_resolution
+    base_resolution: int
+
+
+@dataclass(frozen=True)
+class SamStreamSpec:
+    """D_SAM in a stage: SA-1B images in SAM's square frame, ``masks_per_image`` prompts each."""
+
+    resolution: int
+    batch_size: int  # global images
+    masks_per_image: int
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    trainable: Sequence[str]
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    clip: ClipStreamSpec | None = None
+    sam: SamStreamSpec | None = None
+    previous: str | None = None
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    min_lr_ratio: float = 0.0
+    # Length: epochs of D_CLIP (the paper's unit), or steps when ``schedule_steps`` is set.
+    schedule_epochs: float | None = None
+    stop_epoch: float | None = None  # early stop inside the schedule (16 of 20 in multitask)
+    schedule_steps: int | None = None
+    stop_step: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in STAGE_NAMES:
+            raise ValueError(f"stages: unknown stage {self.name!r}; available: {list(STAGE_NAMES)}")
+        if self.clip is None and self.sam is None:
+            raise ValueError(f"stage.{self.name}: a stage needs at least one of the clip and sam streams")
+        if self.schedule_steps is None and self.schedule_epochs is None:
+            raise ValueError(f"stage.{self.name}: set schedule_epochs or schedule_steps")
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(name for name in ("clip", "sam") if getattr(self, name) is not None)
+
+    def schedule_length(self, steps_per_epoch: int | None) -> int:
+        """Steps of the warmup + cosine schedule; an epoch is a pass over D_CLIP (the stream's count)."""
+        if self.schedule_steps is not None:
+            return int(self.schedule_steps)
+        return math.ceil(self.schedule_epochs * _need(steps_per_epoch, self.name))
+
+    def stop_length(self, steps_per_epoch: int | None, max_steps: int | None = None) -> int:
+        """Steps actually run: the early stop if any, capped by ``trainer.max_steps`` (the schedule is kept)."""
+        length = self.schedule_length(steps_per_epoch)
+        if self.stop_step is not None:
+            length = min(length, int(self.stop_step))
+        elif self.stop_epoch is not None and self.schedule_steps is None:
+            length = min(length, math.ceil(self.stop_epoch * _need(steps_per_epoch, self.name)))
+        if max_steps is not None:
+            length = min(length, int(max_steps))
+        return length
+
+    def validate(
+        self,
+        *,
+        trainable_names: Sequence[str],
+        loss_weights: dict[str, float],
+        world_size: int,
+        patch_size: int,
+    ) -> None:
+        """The config errors that must stop a run before any work, each naming its key."""
+        if self.clip is not None:
+            for resolution in self.clip.resolutions:
+                if resolution % patch_size:
+                    raise ValueError(
+                        f"stage.{self.name}.clip.resolutions: {resolution} is not a multiple of the "
+                        f"patch size {patch_size}"
+                    )
+            if self.clip.batch_size % world_size:
+                raise ValueError(
+                    f"stage.{self.name}.clip.batch_size: {self.clip.batch_size} images are not divisible by "
+                    f"the world size {world_size}"
+                )
+        if self.sam is not None:
+            if self.sam.resolution % patch_size:
+                raise ValueError(
+                    f"stage.{self.name}.sam.resolution: {self.sam.resolution} is not a multiple of the "
+                    f"patch size {patch_size}"
+                )
+            if self.sam.batch_size % world_size:
+                raise ValueError(
+                    f"stage.{self.name}.sam.batch_size: {self.sam.batch_size} images are not divisible by "
+                    f"the world size {world_size}"
+                )
+        for head, loss in HEAD_LOSSES.items():
+            if not any(name.startswith(f"{head}.") for name in trainable_names):
+                continue
+            if loss not in self.streams:
+                raise ValueError(
+                    f"stage.{self.name}.trainable: {head} is trainable but the stage has no {loss} stream "
+                    f"(stage.{self.name}.{loss} is null)"
+                )
+            if loss_weights.get(loss, 0.0) == 0.0:
+                raise ValueError(
+                    f"loss.{loss}_weight is 0 but stage {self.name} trains {head}; "
+                    f"freeze {head} or give its loss a weight"
+                )
+
+
+def _need(steps_per_epoch: int | None, stage: str) -> int:
+    if steps_per_epoch is None:
+        raise ValueError(
+            f"stage.{stage}: a length in epochs needs a D_CLIP epoch (set data.clip.num_samples, or use "
+            f"stage.{stage}.schedule_steps)"
+        )
+    return int(steps_per_epoch)

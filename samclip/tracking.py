@@ -1,0 +1,151 @@
+"""Metrics of a stage: ``metrics.jsonl`` (one line per log step), wandb when configured, a progress line.
+
+Only rank 0 writes; other ranks get a tracker that does nothing. Every value logged is already
+global (all-reduced) when it reaches here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class WandbLogger:
+    """wandb run; ``mode="auto"`` is online with ``WANDB_API_KEY`` set and offline otherwise."""
+
+    def __init__(
+        self,
+        project: str,
+        name: str,
+        directory: str | Path,
+        config: dict[str, Any] | None = None,
+        entity: str | None = None,
+        mode: str = "auto",
+        group: str | None = None,
+    ) -> None:
+        import wandb
+
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        kwargs = dict(
+            project=project, name=name, entity=entity, group=group, dir=str(directory), config=config
+        )
+        try:
+            self.run = wandb.init(mode=mode, **kwargs)
+        except Exception as error:  # no network: keep the run, sync it later with `wandb sync`
+            log.warning("wandb %s init failed (%s); logging offline", mode, error)
+            self.run = wandb.init(mode="offline", **kwargs)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Tracker:
+    """Decides when to log (every ``log_every`` steps and at the stage's last step) and writes the line."""
+
+    def __init__(
+        self,
+        stage_dir: str | Path,
+        stage: str,
+        *,
+        enabled: bool,
+        log_every: int,
+        last_step: int,
+        start_step: int = 0,
+        wandb: WandbLogger | None = None,
+        progress: bool = True,
+    ) -> None:
+        if log_every < 1:
+            raise ValueError(f"logger.log_every must be >= 1, got {log_every}")
+        self.stage = stage
+        self.enabled = enabled
+        self.log_every = log_every
+        self.last_step = last_step
+        self.path = Path(stage_dir) / "metrics.jsonl"
+        self.wandb = wandb if enabled else None
+        self.images = {"clip": 0, "sam": 0}
+        self.window_start = time.perf_counter()
+        if enabled:
+            _truncate_after(self.path, start_step)
+        self.bar = (
+            tqdm(total=last_step, initial=start_step, desc=stage, dynamic_ncols=True)
+            if enabled and progress and sys.stderr.isatty()
+            else None
+        )
+
+    def count_images(self, clip: int, sam: int) -> None:
+        self.images["clip"] += clip
+        self.images["sam"] += sam
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def due(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.last_step
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """Append one JSON line with throughput since the previous log step (rank 0 only)."""
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        line = {
+            "step": step,
+            "stage": self.stage,
+            **metrics,
+            "images_per_s/clip": self.images["clip"] / elapsed,
+            "images_per_s/sam": self.images["sam"] / elapsed,
+        }
+        self.images = {"clip": 0, "sam": 0}
+        self.window_start = time.perf_counter()
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(
+                {f"{self.stage}/{k}": v for k, v in line.items() if k not in ("step", "stage")}, step
+            )
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{line.get('loss', float('nan')):.4f}", refresh=False)
+        else:
+            log.info(
+                "%s step %d/%d loss %.4f  %.1f clip img/s  %.1f sam img/s",
+                self.stage,
+                step,
+                self.last_step,
+                line.get("loss", float("nan")),
+                line["images_per_s/clip"],
+                line["images_per_s/sam"],
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.is_file():
+        return
+    kept = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+    ]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
