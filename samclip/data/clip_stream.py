@@ -62,11 +62,12 @@ def clip_train_transform(
 
 
 def clip_eval_transform(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Shorter side to ``resolution`` (bicubic), centre crop; [3, R, R] in [0, 1] (CLIP's eval preprocess)."""
-    scale = resolution / min(image.width, image.height)
-    w, h = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    """Shorter side to ``resolution`` (bicubic), centre crop: CLIP's eval preprocess, with torchvision's rounding."""
+    short, long = sorted((image.width, image.height))
+    new_long = int(resolution * long / short)
+    w, h = (resolution, new_long) if image.width <= image.height else (new_long, resolution)
     image = image.resize((w, h), Image.Resampling.BICUBIC)
-    left, top = (w - resolution) // 2, (h - resolution) // 2
+    left, top = round((w - resolution) / 2.0), round((h - resolution) / 2.0)
     return to_tensor(image.crop((left, top, left + resolution, top + resolution)))
 
 

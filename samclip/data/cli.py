@@ -1,0 +1,67 @@
+"""``samclip-data``: write synthetic data in the real layouts, or an SA-1B subset manifest."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from samclip.data.manifest import scan_image_ids, split_subset, write_manifest
+from samclip.data.shards import expand_urls
+from samclip.data.synth import make_synthetic_data
+
+
+def _synth(args: argparse.Namespace) -> None:
+    data = make_synthetic_data(args.out, seed=args.seed)
+    print(f"D_CLIP: {len(data.clip_shards)} shards, {data.clip_pattern}")
+    print(f"D_SAM:  {len(data.sam_shards)} tars, {data.sam_pattern}")
+
+
+def _sa1b_manifest(args: argparse.Namespace) -> None:
+    shards = expand_urls(args.inputs)
+    ids = scan_image_ids(shards)
+    if not ids:
+        raise SystemExit(f"no SA-1B image (sa_<id>.jpg with its .json) found in {args.inputs}")
+    train, val = split_subset(ids, args.fraction, args.val_fraction, args.seed)
+    train_path = os.path.join(args.out_dir, "train.txt")
+    val_path = os.path.join(args.out_dir, "val.txt")
+    write_manifest(train_path, train)
+    write_manifest(val_path, val)
+    print(
+        f"{len(ids)} images in {len(shards)} shards -> {len(train)} train ({train_path}), {len(val)} val ({val_path})"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="samclip-data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser(
+        "synth", help="small deterministic D_CLIP and D_SAM data in their real layouts"
+    )
+    synth.add_argument("--out", required=True, help="output directory (gets clip/ and sam/)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_synth)
+
+    manifest = commands.add_parser(
+        "sa1b-manifest", help="deterministic subset of SA-1B with a held-out split"
+    )
+    manifest.add_argument("inputs", nargs="+", help="SA-1B tars or directories (brace patterns allowed)")
+    manifest.add_argument("--out-dir", required=True, help="writes train.txt and val.txt here")
+    manifest.add_argument(
+        "--fraction", type=float, default=0.057, help="fraction of the images to use (paper: 5.7%%)"
+    )
+    manifest.add_argument("--val-fraction", type=float, default=0.01, help="fraction of the subset held out")
+    manifest.add_argument("--seed", type=int, default=0)
+    manifest.set_defaults(func=_sa1b_manifest)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exn:
+        print(f"samclip-data {args.command}: error: {exn}", file=sys.stderr)
+        raise SystemExit(2) from exn
+
+
+if __name__ == "__main__":
+    main()
