@@ -79,6 +79,7 @@ class Tracker:
         self.images = {"clip": 0, "sam": 0}
         self.window_start = time.perf_counter()
         if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             _truncate_after(self.path, start_step)
         self.bar = (
             tqdm(total=last_step, initial=start_step, desc=stage, dynamic_ncols=True)

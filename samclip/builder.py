@@ -1,0 +1,245 @@
+"""Config -> objects: the one module that calls ``hydra.utils.instantiate``.
+
+Everything below it takes typed arguments. The checks that must fail before any work (unknown
+stage, bad resolution or batch, a trained head without loss, missing files) run in :func:`plan_run`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from samclip.checkpoint import Checkpointer
+from samclip.data import VariableResolutionSchedule
+from samclip.distributed import DistEnv
+from samclip.models import SamClipModel
+from samclip.models.final_checkpoint import ClipTeacherSpec
+from samclip.optim import build_optimizer, set_trainable
+from samclip.stages import STAGE_NAMES, Stage
+from samclip.task import DistillationTask
+from samclip.tracking import Tracker, WandbLogger
+
+FINAL_NAME = "final.pt"
+# Keys of data.clip / data.sam that configure the trainer's use of a stream, not the stream itself.
+_TRAINER_STREAM_KEYS = ("micro_batch_size",)
+
+
+def build_stage(cfg: DictConfig, name: str) -> Stage:
+    if name not in STAGE_NAMES or name not in cfg.stage:
+        raise ValueError(f"stages: unknown stage {name!r}; available: {list(cfg.stage)}")
+    return instantiate(cfg.stage[name])
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    return run_dir / stage
+
+
+def init_source(cfg: DictConfig, stages: list[Stage], index: int, run_dir: Path) -> Path | None:
+    """The final.pt stage ``index`` starts from; None when it starts from the SAM checkpoint."""
+    if index == 0 and cfg.init_from is not None:
+        return Path(cfg.init_from)
+    stage = stages[index]
+    if stage.previous is None:
+        return None
+    return stage_dir(run_dir, stage.previous) / FINAL_NAME
+
+
+def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
+    """The stages to run, validated as a whole before anything is built or written."""
+    if not cfg.stages:
+        raise ValueError("stages: the list of stages to run is empty")
+    stages = [build_stage(cfg, name) for name in cfg.stages]
+    with torch.device("meta"):
+        model = build_model(cfg, from_sam_checkpoint=False)
+    weights = {"clip": float(cfg.loss.clip_weight), "sam": float(cfg.loss.sam_weight)}
+    for stage in stages:
+        try:
+            trainable = set_trainable(model, stage.trainable)
+        except ValueError as error:
+            raise ValueError(f"stage.{stage.name}.trainable: {error}") from error
+        stage.validate(
+            trainable_names=trainable,
+            loss_weights=weights,
+            world_size=env.world_size,
+            patch_size=model.config.patch_size,
+        )
+        if stage.clip is not None:
+            try:  # the data stream's own rule for the batch at each resolution
+                VariableResolutionSchedule(
+                    stage.clip.resolutions,
+                    stage.clip.batch_size,
+                    stage.clip.base_resolution,
+                    0,
+                    env.world_size,
+                )
+            except ValueError as error:
+                raise ValueError(f"stage.{stage.name}.clip: {error}") from error
+        if stage.sam is not None and stage.sam.resolution != model.config.image_size:
+            raise ValueError(
+                f"stage.{stage.name}.sam.resolution: {stage.sam.resolution} differs from the model's SAM frame "
+                f"{model.config.image_size} (model {cfg.model.name})"
+            )
+    for index, stage in enumerate(stages):
+        here = stage_dir(run_dir, stage.name)
+        if (here / FINAL_NAME).is_file() or Checkpointer(here / "checkpoints", 0).latest() is not None:
+            continue  # done or resumable: its starting point no longer matters
+        source = init_source(cfg, stages, index, run_dir)
+        produced_earlier = any(s.name == stage.previous for s in stages[:index])
+        if source is not None and not produced_earlier and not source.is_file():
+            key = "init_from" if index == 0 and cfg.init_from is not None else f"stage.{stage.name}.previous"
+            raise FileNotFoundError(
+                f"{key}: stage {stage.name} starts from {source}, which does not exist "
+                f"(run stage {stage.previous} first, or set init_from=PATH/TO/final.pt)"
+            )
+    return stages
+
+
+def check_files(cfg: DictConfig, stages: list[Stage]) -> None:
+    """Checkpoints the run reads exist (after ``prepare`` may have written them), before the first stage."""
+    if any(stage.previous is None for stage in stages) and cfg.init_from is None:
+        _require_file(cfg.model.get("sam_checkpoint"), "model.sam_checkpoint", allow_none=True)
+    streams = {name for stage in stages for name in stage.streams}
+    if "clip" in streams and _is_path(cfg.teacher.clip.pretrained):
+        _require_file(cfg.teacher.clip.pretrained, "teacher.clip.pretrained")
+    if "sam" in streams:
+        _require_file(cfg.teacher.sam.checkpoint, "teacher.sam.checkpoint", allow_none=False)
+
+
+def prepare(cfg: DictConfig) -> None:
+    if cfg.get("prepare") is not None:
+        instantiate(cfg.prepare)
+
+
+def build_model(cfg: DictConfig, *, from_sam_checkpoint: bool) -> SamClipModel:
+    """The student; initialised from the SAM checkpoint only when it does not start from a final.pt."""
+    return instantiate(cfg.model, **({} if from_sam_checkpoint else {"sam_checkpoint": None}))
+
+
+def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> DistillationTask:
+    """Student + the teachers and losses of the stage's streams (an unused teacher is not built)."""
+    uses_clip, uses_sam = "clip" in stage.streams, "sam" in stage.streams
+    return DistillationTask(
+        student,
+        clip_teacher=instantiate(cfg.teacher.clip) if uses_clip else None,
+        sam_teacher=instantiate(cfg.teacher.sam) if uses_sam else None,
+        clip_loss=instantiate(cfg.loss.clip) if uses_clip else None,
+        sam_loss=instantiate(cfg.loss.sam) if uses_sam else None,
+        clip_weight=cfg.loss.clip_weight,
+        sam_weight=cfg.loss.sam_weight,
+    )
+
+
+def clip_teacher_spec(cfg: DictConfig) -> ClipTeacherSpec:
+    """Which CLIP model provides the text encoder, written into final.pt (files as absolute paths)."""
+    pretrained = cfg.teacher.clip.pretrained
+    if pretrained is not None and _is_path(pretrained):
+        pretrained = os.path.abspath(pretrained)
+    return ClipTeacherSpec(model_name=cfg.teacher.clip.model_name, pretrained=pretrained)
+
+
+def build_streams(cfg: DictConfig, stage: Stage, env: DistEnv) -> dict[str, Any]:
+    seed = int(cfg.seed) + STAGE_NAMES.index(stage.name)
+    common = {"seed": seed, "rank": env.rank, "world_size": env.world_size}
+    streams = {}
+    if stage.clip is not None:
+        streams["clip"] = instantiate(
+            _stream_node(cfg.data.clip),
+            resolutions=list(stage.clip.resolutions),
+            base_batch_size=stage.clip.batch_size,
+            base_resolution=stage.clip.base_resolution,
+            **common,
+        )
+    if stage.sam is not None:
+        streams["sam"] = instantiate(
+            _stream_node(cfg.data.sam),
+            global_batch_size=stage.sam.batch_size,
+            masks_per_image=stage.sam.masks_per_image,
+            image_size=stage.sam.resolution,
+            **common,
+        )
+    return streams
+
+
+def micro_batch_sizes(cfg: DictConfig) -> tuple[int, int]:
+    sizes = int(cfg.data.clip.micro_batch_size), int(cfg.data.sam.micro_batch_size)
+    for name, size in zip(("clip", "sam"), sizes, strict=True):
+        if size < 1:
+            raise ValueError(f"data.{name}.micro_batch_size must be >= 1, got {size}")
+    return sizes
+
+
+def build_stage_optimizer(cfg: DictConfig, stage: Stage, model: SamClipModel) -> torch.optim.AdamW:
+    return build_optimizer(
+        model,
+        lr=stage.lr,
+        weight_decay=cfg.optim.weight_decay,
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        lr_multipliers=stage.lr_multipliers,
+        no_weight_decay=list(cfg.optim.no_weight_decay),
+    )
+
+
+def build_checkpointer(cfg: DictConfig, directory: Path) -> Checkpointer:
+    return Checkpointer(directory / "checkpoints", cfg.checkpoint.every_steps, cfg.checkpoint.keep_last)
+
+
+def build_tracker(
+    cfg: DictConfig, directory: Path, stage: Stage, env: DistEnv, start_step: int, last_step: int
+) -> Tracker:
+    wandb = None
+    if env.is_main and cfg.logger.get("wandb") is not None:
+        wandb = WandbLogger(
+            name=f"{cfg.name}/{stage.name}",
+            directory=directory,
+            config=resolved_config(cfg),
+            **OmegaConf.to_container(cfg.logger.wandb, resolve=True),
+        )
+    return Tracker(
+        directory,
+        stage.name,
+        enabled=env.is_main,
+        log_every=cfg.logger.log_every,
+        last_step=last_step,
+        start_step=start_step,
+        wandb=wandb,
+        progress=cfg.logger.progress,
+    )
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
+    precision = cfg.trainer.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {precision!r}")
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def _stream_node(node: DictConfig) -> dict[str, Any]:
+    values = OmegaConf.to_container(node, resolve=True)
+    for key in _TRAINER_STREAM_KEYS:
+        values.pop(key, None)
+    return values
+
+
+def _is_path(value: str | None) -> bool:
+    return value is not None and (os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors")))
+
+
+def _require_file(path: str | None, key: str, allow_none: bool = False) -> None:
+    if path is None:
+        if allow_none:
+            return
+        raise ValueError(f"{key} is not set")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{key}: {path} does not exist")

@@ -1,0 +1,49 @@
+"""Assets of the CPU smoke experiment: synthetic shards and tiny random teachers, written as files.
+
+The smoke run then reads them exactly as a real run reads D_CLIP/SA-1B shards and the downloaded
+OpenCLIP and SAM checkpoints: by path, through the same loaders.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+
+from samclip.data import make_synthetic_data
+from samclip.models import get_model_config
+from samclip.models.final_checkpoint import atomic_torch_save
+from samclip.models.sam_checkpoint import build_official_sam
+
+log = logging.getLogger(__name__)
+
+
+def prepare_smoke_assets(
+    data_dir: str,
+    clip_teacher: str,
+    clip_model_name: str,
+    sam_teacher: str,
+    sam_model_name: str,
+    seed: int = 0,
+) -> None:
+    """Write whatever of the data, the CLIP teacher and the SAM teacher is missing (same seed, same files)."""
+    if not (Path(data_dir) / "clip").is_dir() or not (Path(data_dir) / "sam").is_dir():
+        log.info("smoke: writing synthetic D_CLIP and SA-1B shards to %s", data_dir)
+        make_synthetic_data(data_dir, seed=seed)
+    if not Path(clip_teacher).is_file():
+        log.info("smoke: writing a random %s CLIP teacher to %s", clip_model_name, clip_teacher)
+        torch.manual_seed(seed)
+        model = open_clip.create_model(clip_model_name, pretrained=None)
+        atomic_torch_save(model.state_dict(), clip_teacher)
+    if not Path(sam_teacher).is_file():
+        log.info("smoke: writing a random %s SAM teacher to %s", sam_model_name, sam_teacher)
+        torch.manual_seed(seed + 1)
+        sam = build_official_sam(get_model_config(sam_model_name))
+        # segment_anything zero-initialises the position embeddings; a teacher should not look that special.
+        with torch.no_grad():
+            for name, param in sam.image_encoder.named_parameters():
+                if name == "pos_embed" or "rel_pos" in name:
+                    param.normal_(std=0.02)
+        atomic_torch_save(sam.state_dict(), sam_teacher)

@@ -1,0 +1,164 @@
+"""``samclip-train`` / ``python -m samclip.train``: run an experiment's stages in order, resumably.
+
+    samclip-train experiment=smoke run_dir=runs/smoke
+    torchrun --nproc_per_node=8 -m samclip.train experiment=samclip_vit_b run_dir=/ckpt/samclip_vit_b
+
+Each stage runs in ``run_dir/<stage>/``. A stage with a ``final.pt`` is done and skipped; one with a
+training checkpoint resumes from it; otherwise it starts from ``init_from`` (for the first stage of
+``stages``), the previous stage's ``final.pt``, or the SAM checkpoint (resume > init_from > fresh).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from samclip import builder
+from samclip.checkpoint import load_training_checkpoint, restore_training_state
+from samclip.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_student
+from samclip.loop import LoopCounters, LoopOptions, StageState, train_stage
+from samclip.models.final_checkpoint import load_final_checkpoint, save_final_checkpoint
+from samclip.optim import build_scheduler, set_trainable
+from samclip.stages import Stage
+
+log = logging.getLogger(__name__)
+
+
+def _config_dir() -> str:
+    """``samclip/configs`` (a link to the repository's ``configs/``, shipped with the package) or ``configs/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no train.yaml in {here / 'configs'} or {here.parent / 'configs'}")
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run ``cfg.stages``; returns the run directory. Config errors raise before any stage starts."""
+    env = init_distributed(cfg.trainer.device)
+    if not env.is_main:
+        logging.getLogger("samclip").setLevel(logging.WARNING)
+    try:
+        run_dir = _resolve_run_dir(cfg)
+        stages = builder.plan_run(cfg, env, run_dir)
+        if env.is_main:
+            builder.prepare(cfg)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        barrier(env)
+        builder.check_files(cfg, stages)
+        for index, stage in enumerate(stages):
+            if (run_dir / stage.name / builder.FINAL_NAME).is_file():
+                log.info("%s: %s exists, stage done", stage.name, run_dir / stage.name / builder.FINAL_NAME)
+                continue
+            run_stage(cfg, stages, index, env, run_dir)
+    finally:
+        shutdown(env)
+    return run_dir
+
+
+def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, run_dir: Path) -> None:
+    stage = stages[index]
+    directory = run_dir / stage.name
+    checkpointer = builder.build_checkpointer(cfg, directory)
+    resume_path = checkpointer.latest()
+    source = None if resume_path is not None else builder.init_source(cfg, stages, index, run_dir)
+    log.info(
+        "%s: %s",
+        stage.name,
+        f"resuming from {resume_path}" if resume_path else f"starting from {source or 'SAM'}",
+    )
+
+    torch.manual_seed(cfg.seed)
+    model = builder.build_model(cfg, from_sam_checkpoint=resume_path is None and source is None)
+    if source is not None:
+        initial = load_final_checkpoint(source)
+        if initial.model_config != model.config:
+            raise ValueError(f"init_from: {source} holds a {initial.model_config} model, not {model.config}")
+        model.load_state_dict(initial.model_state, strict=True)
+    set_trainable(model, stage.trainable)
+    model.set_grad_checkpointing(bool(cfg.trainer.grad_checkpointing))
+    task = builder.build_task(cfg, stage, model).to(env.device)
+    streams = builder.build_streams(cfg, stage, env)
+    optimizer = builder.build_stage_optimizer(cfg, stage, model)
+    steps_per_epoch = getattr(streams.get("clip"), "steps_per_epoch", None)
+    scheduler = build_scheduler(
+        optimizer, stage.warmup_steps, stage.schedule_length(steps_per_epoch), stage.min_lr_ratio
+    )
+    last_step = stage.stop_length(steps_per_epoch, cfg.trainer.max_steps)
+    state = StageState(step=0)
+    if resume_path is not None:
+        step, counters = restore_training_state(
+            load_training_checkpoint(resume_path),
+            model,
+            optimizer,
+            scheduler,
+            streams,
+            env=env,
+            source=str(resume_path),
+        )
+        state = StageState(step, LoopCounters(**counters))
+    else:
+        torch.manual_seed(cfg.seed + 1 + env.rank)
+    if cfg.trainer.compile:
+        model.compile()
+    # Only multitask mixes streams; there each head is unused in the other stream's micro-batches.
+    student = wrap_student(model, env, find_unused_parameters=len(stage.streams) > 1)
+    clip_micro, sam_micro = builder.micro_batch_sizes(cfg)
+    tracker = builder.build_tracker(cfg, directory, stage, env, state.step, last_step)
+    try:
+        train_stage(
+            task,
+            student,
+            optimizer,
+            scheduler,
+            streams,
+            state,
+            last_step,
+            stage=stage.name,
+            options=LoopOptions(
+                clip_micro_batch_size=clip_micro,
+                sam_micro_batch_size=sam_micro,
+                max_grad_norm=cfg.trainer.max_grad_norm,
+                max_consecutive_nonfinite=cfg.trainer.max_consecutive_nonfinite,
+                autocast_dtype=builder.autocast_dtype(cfg, env.device),
+            ),
+            env=env,
+            tracker=tracker,
+            checkpointer=checkpointer,
+            extra_state={"config": builder.resolved_config(cfg)},
+        )
+    finally:
+        tracker.close()
+    if env.is_main:
+        save_final_checkpoint(
+            directory / builder.FINAL_NAME, model, builder.clip_teacher_spec(cfg), stage.name, state.step
+        )
+        log.info("%s: done at step %d, wrote %s", stage.name, state.step, directory / builder.FINAL_NAME)
+    barrier(env)
+
+
+def _resolve_run_dir(cfg: DictConfig) -> Path:
+    """Hydra's output dir (``run_dir``, or the job's folder inside the sweep dir in multirun), made absolute.
+
+    ``cfg.run_dir`` is set to it so that ``${run_dir}`` in other keys (smoke teachers and data) follows.
+    """
+    output = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.run_dir
+    run_dir = Path(output).absolute()
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    return run_dir
+
+
+@hydra.main(config_path=_config_dir(), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
