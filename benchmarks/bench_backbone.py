@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from timm.layers import resample_abs_pos_embed_nhwc
 
 from samclip import create_model
 from samclip.models.sam_checkpoint import build_official_sam, to_official_state_dict
@@ -48,6 +49,12 @@ def main() -> None:
     reference = build_official_sam(create_model(args.model).config).image_encoder
     official = to_official_state_dict(ours.state_dict(), {})
     reference.load_state_dict({k.removeprefix("image_encoder."): v for k, v in official.items()})
+    grid = args.size // ours.patch_size
+    if grid != reference.pos_embed.shape[1]:
+        # segment_anything only runs at its native size; give it the same resampled position embedding
+        # our backbone uses (its relative-position tables interpolate by themselves).
+        resampled = resample_abs_pos_embed_nhwc(reference.pos_embed.detach(), [grid, grid])
+        reference.pos_embed = torch.nn.Parameter(resampled)
     reference.to(device).train()
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
 
