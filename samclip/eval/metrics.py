@@ -44,11 +44,11 @@ class ConfusionMatrix:
             return np.where(union > 0, true_positive / np.maximum(union, 1), np.nan)
 
     def miou(self) -> float:
-        """Mean IoU over classes that appear in the ground truth (mmseg's convention)."""
-        present = self.matrix.sum(1) > 0
-        if not present.any():
+        """Mean IoU over classes present in the ground truth or the predictions (mmseg's nanmean)."""
+        iou = self.iou()
+        if np.isnan(iou).all():
             raise ValueError("no labelled pixels were accumulated")
-        return float(np.nanmean(self.iou()[present]))
+        return float(np.nanmean(iou))
 
     def pixel_accuracy(self) -> float:
         total = self.matrix.sum()
