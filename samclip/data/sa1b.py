@@ -98,19 +98,22 @@ def annotation_area(annotation: dict) -> float:
 
 
 def nearest_indices(source_size: int, target_size: int) -> np.ndarray:
-    # Centre-aligned nearest neighbour, so mask pixels stay on the bilinear-resized image's pixels.
+    """Source index of each target pixel under centre-aligned nearest neighbour (torch's ``nearest-exact``)."""
     return np.minimum(
         ((np.arange(target_size) + 0.5) * (source_size / target_size)).astype(np.int64), source_size - 1
     )
 
 
 def decode_masks(rles: list[dict], height: int, width: int, out_height: int, out_width: int) -> np.ndarray:
-    """pycocotools-decoded masks, resized by nearest neighbour: [N, out_height, out_width] bool."""
-    decoded = mask_utils.decode(
-        rles
-    )  # [h, w, N], Fortran order: each mask is a contiguous column-major block
-    by_mask = decoded.transpose(2, 1, 0)  # [N, w, h], C-contiguous
+    """pycocotools-decoded masks resized by centre-aligned nearest neighbour: [N, out_height, out_width] bool.
+
+    Centre-aligned so mask pixels stay on the pixels of the bilinear-resized image. One mask at a time:
+    32 full-resolution SA-1B masks at once would be ~110 MB per image.
+    """
     rows = nearest_indices(height, out_height)
     cols = nearest_indices(width, out_width)
-    resized = by_mask[:, cols[:, None], rows[None, :]]  # [N, out_w, out_h]
-    return resized.transpose(0, 2, 1).astype(bool)
+    out = np.empty((len(rles), out_height, out_width), dtype=np.uint8)
+    for i, rle in enumerate(rles):
+        column_major = mask_utils.decode([rle])[:, :, 0].T  # pycocotools decodes Fortran order: [w, h] C view
+        out[i] = column_major[cols][:, rows].T  # whole source columns first: contiguous copies
+    return out.view(bool)

@@ -83,7 +83,7 @@ def prepare_sa1b_sample(raw: dict, sampling: SamSampling, rng: np.random.Generat
         )
     height, width = resized_longest_side_shape(record.height, record.width, sampling.image_size)
     masks = decode_masks(rles, record.height, record.width, height, width)
-    masks = masks[masks.reshape(len(masks), -1).any(axis=1)]  # masks too small to survive the resize
+    masks = masks[masks.any(axis=(1, 2))]  # masks too small to survive the resize
     if len(masks) == 0:
         raise BadSample("no_usable_annotation", f"every sampled mask vanished at {height}x{width}")
     prompts, order = sample_prompts(

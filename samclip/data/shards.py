@@ -186,6 +186,8 @@ class ShardCursor:
         self.tracker = tracker
         self.keep_key = keep_key
         self._samples: Iterator[tuple[int, RawSample]] | None = None
+        self._url = ""
+        self._returned_from_shard = False
         self._shards_without_samples = 0
 
     @property
@@ -199,23 +201,22 @@ class ShardCursor:
 
     def next_raw(self) -> RawSample:
         while True:
-            url = self.slot_shards[self.shard_index]
             if self._samples is None:
+                self._url = self.slot_shards[self.shard_index]
                 stride, offset = self.slot_shards.stride_offset()
-                self._samples = iter_shard(url, self.sample_index, stride, offset)
+                self._samples = iter_shard(self._url, self.sample_index, stride, offset)
                 self._returned_from_shard = False
             try:
                 index, sample = next(self._samples)
             except StopIteration:
-                self._no_sample_guard(url)
+                self._no_sample_guard(self._url)
                 self._next_shard()
                 continue
             except Exception as exn:  # any failure inside a shard loses its remainder, not the run
                 self.tracker.seen()
-                self.tracker.skip(
-                    "unreadable_shard", url, f"#{self.sample_index}", f"{type(exn).__name__}: {exn}"
-                )
-                self._no_sample_guard(url)
+                detail = f"{type(exn).__name__}: {exn}"
+                self.tracker.skip("unreadable_shard", self._url, f"#{self.sample_index}", detail)
+                self._no_sample_guard(self._url)
                 self._next_shard()
                 continue
             self.sample_index = index + 1

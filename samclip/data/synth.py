@@ -17,12 +17,17 @@ SHAPES = ("ellipse", "rectangle", "polygon")
 
 
 def _draw_shape(
-    draws: list[ImageDraw.ImageDraw], fills: list, height: int, width: int, rng: np.random.Generator
+    draws: list[ImageDraw.ImageDraw],
+    fills: list,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    max_radius: float = 0.3,
 ) -> None:
     """One random ellipse, rectangle or polygon, drawn identically on each canvas with its fill."""
     kind = SHAPES[int(rng.integers(len(SHAPES)))]
     cx, cy = rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height
-    rx, ry = rng.uniform(0.08, 0.3) * width, rng.uniform(0.08, 0.3) * height
+    rx, ry = (rng.uniform(max_radius / 4, max_radius) * side for side in (width, height))
     if kind == "polygon":
         angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 8))))
         radii = rng.uniform(0.5, 1.0, angles.size)
@@ -38,10 +43,10 @@ def _draw_shape(
             draw.polygon(points, fill=fill)
 
 
-def _background(height: int, width: int, rng: np.random.Generator) -> Image.Image:
+def _background(height: int, width: int, rng: np.random.Generator, noise_std: float) -> Image.Image:
     top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
     ramp = np.linspace(0.0, 1.0, height)[:, None, None]
-    pixels = (top * (1 - ramp) + bottom * ramp) + rng.normal(0, 6, (height, width, 3))
+    pixels = (top * (1 - ramp) + bottom * ramp) + rng.normal(0, noise_std, (height, width, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
@@ -51,9 +56,11 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def make_web_image(height: int, width: int, rng: np.random.Generator, fmt: str = "JPEG") -> bytes:
-    """A web-like image of a few shapes, encoded as ``fmt``."""
-    image = _background(height, width, rng)
+def make_web_image(
+    height: int, width: int, rng: np.random.Generator, fmt: str = "JPEG", noise_std: float = 6.0
+) -> bytes:
+    """A web-like image of a few shapes, encoded as ``fmt`` (more ``noise_std``: larger, slower JPEGs)."""
+    image = _background(height, width, rng, noise_std)
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(1, 5))):
         _draw_shape([draw], [tuple(int(c) for c in rng.integers(0, 256, 3))], height, width, rng)
@@ -61,17 +68,25 @@ def make_web_image(height: int, width: int, rng: np.random.Generator, fmt: str =
 
 
 def make_sa1b_files(
-    image_id: int, height: int, width: int, num_masks: int, rng: np.random.Generator
+    image_id: int,
+    height: int,
+    width: int,
+    num_masks: int,
+    rng: np.random.Generator,
+    noise_std: float = 6.0,
+    max_radius: float = 0.3,
 ) -> tuple[bytes, bytes]:
-    """(``sa_<id>.jpg``, ``sa_<id>.json``) in Meta's format: visible masks of drawn shapes as compressed RLE."""
-    image = _background(height, width, rng)
+    """(``sa_<id>.jpg``, ``sa_<id>.json``) in Meta's format: visible masks of drawn shapes as compressed RLE.
+
+    ``max_radius`` (a fraction of the image side) bounds the shapes; smaller shapes occlude fewer masks.
+    """
+    image = _background(height, width, rng, noise_std)
     draw = ImageDraw.Draw(image)
     labels = Image.new("I", (width, height), 0)  # which shape is visible at each pixel
     label_draw = ImageDraw.Draw(labels)
     for index in range(1, num_masks + 1):
-        _draw_shape(
-            [draw, label_draw], [tuple(int(c) for c in rng.integers(0, 256, 3)), index], height, width, rng
-        )
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        _draw_shape([draw, label_draw], [fill, index], height, width, rng, max_radius)
     label_array = np.asarray(labels)
     annotations = []
     for index in range(1, num_masks + 1):
