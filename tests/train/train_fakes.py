@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from samclip.checkpoint import Checkpointer, load_training_checkpoint, restore_training_state
 from samclip.data.batches import ClipBatch, SamBatch
+from samclip.distributed import DistEnv, wrap_student
+from samclip.loop import LoopCounters, LoopOptions, StageState, train_stage
 from samclip.losses import CosineDistillationLoss, MaskDistillationLoss
 from samclip.models import SamPrompts, create_model
 from samclip.models.teachers import ClipTeacher, SamTeacher
+from samclip.optim import build_optimizer, build_scheduler, set_trainable
 from samclip.task import DistillationTask
+from samclip.tracking import Tracker
 
 SAM_FRAME = 256  # samclip_tiny's SAM frame
 CLIP_RESOLUTION = 64
@@ -65,7 +71,7 @@ class FakeClipStream(FakeStream):
 
 
 class FakeSamStream(FakeStream):
-    def __init__(self, global_batch: int = 4, **kwargs: Any) -> None:
+    def __init__(self, global_batch: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.global_batch = global_batch
 
@@ -111,3 +117,70 @@ def tiny_task(seed: int = 0, sam_weight: float = 10.0) -> DistillationTask:
     return DistillationTask(
         student, clip_teacher, sam_teacher, CosineDistillationLoss(), MaskDistillationLoss(), 1.0, sam_weight
     )
+
+
+def train_tiny(
+    env: DistEnv,
+    workdir: Path,
+    *,
+    num_steps: int,
+    stage: str = "multitask",
+    clip_micro: int = 8,
+    sam_micro: int = 4,
+    every_steps: int = 0,
+    stop_after: int | None = None,
+    seed: int = 0,
+) -> DistillationTask:
+    """``num_steps`` steps of the multitask (or head_probe) recipe on in-memory streams, through ``train_stage``.
+
+    With ``stop_after`` the loop stops early (as if killed) after checkpointing; calling again with the
+    same ``workdir`` resumes from the latest checkpoint, exactly as ``samclip-train`` does.
+    """
+    task = tiny_task(seed=seed)
+    trainable = ["*"] if stage == "multitask" else ["clip_head.*"]
+    set_trainable(task.student, trainable)
+    multipliers = {"backbone": 0.1, "sam_head": 0.1} if stage == "multitask" else {}
+    optimizer = build_optimizer(task.student, lr=4e-5, weight_decay=0.1, lr_multipliers=multipliers)
+    scheduler = build_scheduler(optimizer, warmup_steps=1, total_steps=num_steps)
+    streams: dict[str, Any] = {"clip": FakeClipStream(seed=seed, rank=env.rank, world_size=env.world_size)}
+    if stage == "multitask":
+        streams["sam"] = FakeSamStream(seed=seed, rank=env.rank, world_size=env.world_size)
+    checkpointer = Checkpointer(workdir / "checkpoints", every_steps=every_steps, keep_last=2)
+    state = StageState(step=0)
+    latest = checkpointer.latest()
+    if latest is not None:
+        step, counters = restore_training_state(
+            load_training_checkpoint(latest),
+            task.student,
+            optimizer,
+            scheduler,
+            streams,
+            env=env,
+            source=str(latest),
+        )
+        state = StageState(step, LoopCounters(**counters))
+    student = wrap_student(task.student, env, find_unused_parameters=len(streams) > 1)
+    last_step = num_steps if stop_after is None else stop_after
+    tracker = Tracker(
+        workdir, stage, enabled=env.is_main, log_every=1, last_step=last_step, start_step=state.step
+    )
+    train_stage(
+        task,
+        student,
+        optimizer,
+        scheduler,
+        streams,
+        state,
+        last_step,
+        stage=stage,
+        options=LoopOptions(clip_micro_batch_size=clip_micro, sam_micro_batch_size=sam_micro),
+        env=env,
+        tracker=tracker,
+        checkpointer=checkpointer,
+    )
+    tracker.close()
+    return task
+
+
+def single_process_env() -> DistEnv:
+    return DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

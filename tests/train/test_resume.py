@@ -1,0 +1,112 @@
+"""Resume equivalence: N steps straight = N/2 steps, stop, resume for N/2 (weights, optimizer, metrics)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from train_fakes import single_process_env, train_tiny
+
+from samclip.checkpoint import load_training_checkpoint
+from samclip.tracking import read_metrics
+
+REPO = Path(__file__).parents[2]
+TIMING_KEYS = ("images_per_s/clip", "images_per_s/sam")
+
+
+def _without_timing(lines: list[dict]) -> list[dict]:
+    return [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in lines]
+
+
+def _assert_same_tensors(a: object, b: object, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_stop_and_resume_equals_straight_run(tmp_path: Path) -> None:
+    env = single_process_env()
+    train_tiny(env, tmp_path / "straight", num_steps=4, every_steps=2)
+    train_tiny(env, tmp_path / "resumed", num_steps=4, every_steps=2, stop_after=2)
+    # A fresh process-like start: new model, optimizer and streams, all restored from step 2's checkpoint.
+    train_tiny(env, tmp_path / "resumed", num_steps=4, every_steps=2)
+
+    straight = load_training_checkpoint(tmp_path / "straight" / "checkpoints" / "step_00000004.pt")
+    resumed = load_training_checkpoint(tmp_path / "resumed" / "checkpoints" / "step_00000004.pt")
+    _assert_same_tensors(straight["student"], resumed["student"], "student")
+    _assert_same_tensors(straight["optimizer"], resumed["optimizer"], "optimizer")
+    _assert_same_tensors(straight["scheduler"], resumed["scheduler"], "scheduler")
+    assert straight["data"] == resumed["data"]
+    straight_metrics = _without_timing(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    resumed_metrics = _without_timing(read_metrics(tmp_path / "resumed" / "metrics.jsonl"))
+    assert [m["step"] for m in resumed_metrics] == [1, 2, 3, 4]
+    assert resumed_metrics == straight_metrics
+    initial = load_training_checkpoint(tmp_path / "resumed" / "checkpoints" / "step_00000002.pt")["student"]
+    assert any(not torch.equal(initial[k], straight["student"][k]) for k in initial), (
+        "steps 3-4 changed nothing"
+    )
+
+
+def _train_cmd(run_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "samclip.train",
+        "experiment=smoke",
+        f"run_dir={run_dir}",
+        "stages=[head_probe,multitask]",
+        "stage.head_probe.schedule_steps=1",
+        "stage.head_probe.warmup_steps=1",
+        "checkpoint.every_steps=1",
+        "checkpoint.keep_last=3",
+        *overrides,
+    ]
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_from_its_last_checkpoint_and_matches(tmp_path: Path) -> None:
+    """The real CLI and data streams: SIGKILL during multitask, restart, finish; same result as a straight run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(straight), env=env, check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    marker = killed / "multitask" / "checkpoints" / "step_00000002.pt"
+    deadline = time.monotonic() + 600
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists() and not (killed / "multitask" / "final.pt").exists(), (
+        "killed too late to test resume"
+    )
+
+    result = subprocess.run(_train_cmd(killed), env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "head_probe/final.pt exists, stage done" in result.stdout
+    assert "multitask: resuming from" in result.stdout
+
+    a = torch.load(straight / "multitask" / "final.pt")
+    b = torch.load(killed / "multitask" / "final.pt")
+    assert a["step"] == b["step"] == 4
+    _assert_same_tensors(a["model"], b["model"], "model")
+    straight_metrics = _without_timing(read_metrics(straight / "multitask" / "metrics.jsonl"))
+    assert _without_timing(read_metrics(killed / "multitask" / "metrics.jsonl")) == straight_metrics
