@@ -51,7 +51,7 @@ def to_uint8_array(image: ImageLike) -> np.ndarray:
 
 def to_float_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> [1, 3, H, W] float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+    return torch.tensor(image).permute(2, 0, 1)[None].float() / 255.0
 
 
 def resize_square(pixels: torch.Tensor, resolution: int) -> torch.Tensor:

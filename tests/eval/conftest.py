@@ -123,3 +123,27 @@ def classifying_checkpoints(make_final: Callable[..., Path], classifier: torch.T
         fit_clip_head(model, images, targets.roll(-shift, dims=0))
         paths[name] = make_final(model, f"{name}.pt")
     return paths
+
+
+def voc_palette_png(label: np.ndarray, path: Path) -> None:
+    """Write a label map as VOC does: a palette ("P" mode) PNG whose pixel values are the class indices."""
+    from samclip.eval.visualize import class_palette
+
+    image = Image.fromarray(label.astype(np.uint8), mode="P")
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:21] = class_palette(21)
+    palette[255] = (224, 224, 192)
+    image.putpalette(palette.ravel().tolist())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def write_voc(root: Path, samples: dict[str, tuple[np.ndarray, np.ndarray]], split: str = "val") -> Path:
+    """VOC2012 as extracted: JPEGImages/*.jpg, SegmentationClass/*.png (palette), ImageSets/Segmentation/val.txt."""
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    for name, (image, label) in samples.items():
+        Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=100)
+        voc_palette_png(label, root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(samples) + "\n")
+    return root
