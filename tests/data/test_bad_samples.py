@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tarfile
 
 import pytest
@@ -22,7 +23,7 @@ def cut_inside_member(path: str, member_name: str) -> None:
         f.truncate(member.offset_data + member.size // 2)
 
 
-def test_clip_bad_samples_are_skipped_and_counted(tmp_path) -> None:
+def test_clip_bad_samples_are_skipped_and_counted(tmp_path, caplog) -> None:
     members = web_members(0, 6)
     jpg = dict(members)["000000001.jpg"]
     members += [
@@ -44,7 +45,12 @@ def test_clip_bad_samples_are_skipped_and_counted(tmp_path) -> None:
         steps_per_epoch=10,
         max_skip_fraction=0.5,
     )
-    keys = [k for batch in stream for k in batch.keys]
+    with caplog.at_level(logging.WARNING, logger="samclip.data"):
+        keys = [k for batch in stream for k in batch.keys]
+    assert any(
+        "'000000101'" in r.message and "00000.tar" in r.message and "truncated_image" in r.message
+        for r in caplog.records
+    )
     good = {f"00000{i:04d}" for i in range(6)} | {f"00001{i:04d}" for i in range(3)}
     assert set(keys[:9]) == good and keys[9] in good
     assert dict(stream.skipped) == {

@@ -128,3 +128,62 @@ def test_sam_image_resize_matches_resize_longest_side(synth) -> None:
     h, w = reference.shape[:2]
     ours = (batch.images[0, :, :h, :w] * 255).round().byte().permute(1, 2, 0).numpy()
     assert np.array_equal(ours, reference)
+
+
+def test_masks_below_min_area_are_never_sampled_and_n_is_capped(tmp_path) -> None:
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    from samclip.data.synth import make_web_image, write_tar
+
+    height, width, areas = 40, 60, [30, 80, 200, 5, 120, 400]
+    annotations = []
+    for i, area in enumerate(areas):
+        mask = np.zeros((height, width), dtype=np.uint8, order="F")
+        mask.T.flat[i * 400 : i * 400 + area] = 1  # disjoint column-major runs of exactly `area` pixels
+        rle = mask_utils.encode(mask)
+        annotations.append(
+            {
+                "id": i,
+                "area": area,
+                "segmentation": {"size": [height, width], "counts": rle["counts"].decode()},
+            }
+        )
+    document = {
+        "image": {"image_id": 1, "width": width, "height": height, "file_name": "sa_1.jpg"},
+        "annotations": annotations,
+    }
+    jpg = make_web_image(height, width, np.random.default_rng(0))
+    write_tar(str(tmp_path / "sa.tar"), [("sa_1.jpg", jpg), ("sa_1.json", json.dumps(document).encode())])
+
+    def masks(**kwargs) -> torch.Tensor:
+        stream = SamStream(
+            str(tmp_path / "sa.tar"),
+            global_batch_size=1,
+            image_size=60,
+            return_gt_masks=True,
+            num_workers=0,
+            steps_per_epoch=1,
+            **kwargs,
+        )
+        return next(iter(stream)).gt_masks[0]
+
+    kept = masks(min_mask_area=100, masks_per_image=32)
+    assert sorted(int(m.sum()) for m in kept) == [120, 200, 400]  # image kept at its size: areas unchanged
+    assert len(masks(min_mask_area=0, masks_per_image=4)) == 4
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expect_boxes", "expect_points"), [(1.0, True, False), (0.0, False, True)]
+)
+def test_box_fraction_selects_the_prompt_kind(
+    fraction: float, expect_boxes: bool, expect_points: bool
+) -> None:
+    rng = np.random.default_rng(0)
+    masks = random_masks(rng, 12, 30, 30)
+    groups, _ = sample_prompts(
+        masks, 0, rng, box_prompt_fraction=fraction, max_points=2, box_noise_std=0.1, box_noise_max=20
+    )
+    assert any(g.boxes is not None for g in groups) == expect_boxes
+    assert any(g.point_coords is not None for g in groups) == expect_points

@@ -173,3 +173,29 @@ def test_sam_reads_a_plain_directory_like_its_tar(tmp_path, synth) -> None:
     from_tar = list(SamStream(synth.sam_shards[0], **options))
     assert [b.keys for b in from_dir] == [b.keys for b in from_tar]
     assert all(torch.equal(x.images, y.images) for x, y in zip(from_dir, from_tar, strict=True))
+
+
+def test_pipe_urls_read_like_local_paths(synth) -> None:
+    local = take(clip_stream(synth.clip_shards, num_workers=0, steps_per_epoch=6), 6)
+    piped = take(
+        clip_stream([f"pipe:cat {p}" for p in synth.clip_shards], num_workers=0, steps_per_epoch=6), 6
+    )
+    assert_same_batches(local, piped)
+    with pytest.raises(ValueError, match="give num_samples for non-local shards"):
+        clip_stream(f"pipe:cat {synth.clip_shards[0]}")
+
+
+def test_an_epoch_depends_on_seed_epoch_and_rank_only(synth) -> None:
+    sequential = clip_stream(synth.clip_pattern, rank=1, world_size=2, base_batch_size=8, steps_per_epoch=4)
+    take(sequential, 4)
+    second_epoch = take(sequential, 4)
+    jumped = clip_stream(synth.clip_pattern, rank=1, world_size=2, base_batch_size=8, steps_per_epoch=4)
+    jumped.set_epoch(1)
+    assert_same_batches(take(jumped, 4), second_epoch)
+
+
+def test_resampled_mode_runs_past_the_data(synth) -> None:
+    stream = clip_stream(synth.clip_pattern, resampled=True, resolutions=[32], base_batch_size=8)
+    assert stream.steps_per_epoch is None
+    batches = list(itertools.islice(iter(stream), 10))  # 80 samples from 48: shards drawn with replacement
+    assert len(batches) == 10 and all(len(b.keys) == 8 for b in batches)
