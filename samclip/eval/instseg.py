@@ -3,9 +3,11 @@ by pycocotools' ``COCOeval`` (COCO) or the ``lvis`` package's ``LVISEval`` (LVIS
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,8 @@ def coco_mask_ap(gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int
 
     if not results:
         raise ValueError("no predicted masks to evaluate")
-    evaluator = COCOeval(gt, gt.loadRes(results), iouType="segm")
+    # loadRes adds ``bbox``/``area``/``id`` to the entries it is given: keep the caller's list intact.
+    evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), iouType="segm")
     if image_ids is not None:
         evaluator.params.imgIds = list(image_ids)
     evaluator.evaluate()
@@ -59,11 +62,25 @@ def lvis_mask_ap(gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int
 
     if not results:
         raise ValueError("no predicted masks to evaluate")
-    evaluator = LVISEval(gt, LVISResults(gt, results, max_dets=300), iou_type="segm")
+    evaluator = LVISEval(gt, LVISResults(gt, copy.deepcopy(results), max_dets=300), iou_type="segm")
     if image_ids is not None:
         evaluator.params.img_ids = list(image_ids)
-    evaluator.run()
+    with _numpy_float_alias():
+        evaluator.run()
     return {name: 100.0 * float(value) for name, value in evaluator.get_results().items()}
+
+
+@contextlib.contextmanager
+def _numpy_float_alias() -> Iterator[None]:
+    """lvis 0.5.3 (the latest release) calls ``np.float``, which NumPy 1.24 removed; alias it while it runs."""
+    missing = not hasattr(np, "float")
+    if missing:
+        np.float = float  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if missing:
+            del np.float  # type: ignore[attr-defined]
 
 
 def evaluate_instseg(
