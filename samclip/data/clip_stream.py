@@ -53,8 +53,9 @@ def clip_train_transform(
 ) -> torch.Tensor:
     """Random resized crop (bicubic, as open_clip) to ``resolution`` and a horizontal flip; [3, R, R] in [0, 1]."""
     left, top, w, h = random_resized_crop_box(image.width, image.height, crop_scale, rng)
-    image = image.resize(
-        (resolution, resolution), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h)
+    # Crop, then resize (torchvision's resized_crop); PIL's resize(box=...) would also filter pixels outside.
+    image = image.crop((left, top, left + w, top + h)).resize(
+        (resolution, resolution), Image.Resampling.BICUBIC
     )
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
