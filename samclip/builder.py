@@ -54,6 +54,7 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
     if not cfg.stages:
         raise ValueError("stages: the list of stages to run is empty")
     stages = [build_stage(cfg, name) for name in cfg.stages]
+    micro_batch_sizes(cfg)
     with torch.device("meta"):
         model = build_model(cfg, from_sam_checkpoint=False)
     weights = {"clip": float(cfg.loss.clip_weight), "sam": float(cfg.loss.sam_weight)}
