@@ -10,6 +10,7 @@ arguments (``name`` is the title of the report). ``checkpoint`` is a final.pt or
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,21 @@ from samclip.inference import load
 
 log = logging.getLogger(__name__)
 
-# configs/ sits beside the package in the repository (and in an editable install).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> str:
+    """``samclip/configs`` (the link to the repository's ``configs/`` the package ships) or ``configs/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "evaluate.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no evaluate.yaml in {here / 'configs'} or {here.parent / 'configs'}")
+
+
+CONFIG_DIR = Path(_config_dir())
+# configs/ also holds the trainer's ``checkpoint`` group, so Hydra would read ``checkpoint=FILE`` as a group
+# choice. main() takes that argument off the command line itself and sets the value after composition.
+_CHECKPOINT_ARG = "checkpoint="
+_checkpoint_from_cli: list[str] = []
 
 
 def resolve_device(device: str) -> str:
@@ -55,8 +69,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
+    if _checkpoint_from_cli:
+        OmegaConf.update(cfg, "checkpoint", _checkpoint_from_cli[-1])
     evaluate(cfg)
+
+
+def main() -> None:
+    """Console entry point: ``samclip-eval eval=<task> checkpoint=FILE run_dir=DIR [eval.* overrides]``."""
+    _checkpoint_from_cli.clear()
+    _checkpoint_from_cli.extend(
+        arg[len(_CHECKPOINT_ARG) :] for arg in sys.argv[1:] if arg.startswith(_CHECKPOINT_ARG)
+    )
+    sys.argv = [arg for arg in sys.argv if not arg.startswith(_CHECKPOINT_ARG)]
+    _hydra_main()
 
 
 if __name__ == "__main__":

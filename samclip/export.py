@@ -103,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="a stage's final.pt, or a bare student state dict with --model")
     parser.add_argument("--format", choices=("sam", "samclip"), required=True)
     parser.add_argument("--out", required=True, help="a .pth file (sam) or a directory (samclip)")
-    parser.add_argument("--model", default=None, help=f"model name for a bare state dict: {sorted(MODEL_CONFIGS)}")
+    parser.add_argument(
+        "--model", default=None, help=f"model name for a bare state dict: {sorted(MODEL_CONFIGS)}"
+    )
     parser.add_argument("--clip-model", default=None, help="open_clip model name of the text tower")
     parser.add_argument("--clip-pretrained", default=None, help="open_clip tag or checkpoint file")
     args = parser.parse_args(argv)

@@ -110,7 +110,9 @@ class MergedSamClip(nn.Module):
     def encode_text(self, texts: Sequence[str] | torch.Tensor, normalize: bool = False) -> torch.Tensor:
         return self.text.encode_text(texts, normalize=normalize)
 
-    def text_classifier(self, labels: Sequence[str], templates: Sequence[Template] = OPENAI_TEMPLATES) -> torch.Tensor:
+    def text_classifier(
+        self, labels: Sequence[str], templates: Sequence[Template] = OPENAI_TEMPLATES
+    ) -> torch.Tensor:
         """[D, C] zero-shot classifier from the 80 OpenAI templates (cached per label list)."""
         key = (tuple(labels), id(templates))
         if key not in self._classifiers:

@@ -30,7 +30,9 @@ def parse_numbers(text: str, per_item: int, flag: str) -> np.ndarray:
     except ValueError as error:
         raise ValueError(f"{flag} {text!r}: {error}") from error
     if not rows or any(len(row) != per_item for row in rows):
-        raise ValueError(f"{flag} {text!r} must be ';'-separated groups of {per_item} comma-separated numbers")
+        raise ValueError(
+            f"{flag} {text!r} must be ';'-separated groups of {per_item} comma-separated numbers"
+        )
     return np.array(rows, dtype=np.float64)
 
 

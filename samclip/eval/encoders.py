@@ -33,7 +33,9 @@ class ClipEncoder:
         tokens = self.tokenizer(list(texts)).to(self.device)
         return F.normalize(self.text_model.encode_text(tokens).float(), dim=-1)
 
-    def classifier(self, classnames: Sequence[str], templates: Sequence[Template] = OPENAI_TEMPLATES) -> torch.Tensor:
+    def classifier(
+        self, classnames: Sequence[str], templates: Sequence[Template] = OPENAI_TEMPLATES
+    ) -> torch.Tensor:
         return build_text_classifier(self.text_model, self.tokenizer, classnames, templates, self.device)
 
 
@@ -75,7 +77,9 @@ def resolve_encoder(
     if encoder == "teacher":
         if teacher_model is None:
             if model is None or model.clip_teacher is None:
-                raise ValueError("encoder=teacher needs eval.teacher_model (or a checkpoint that records one)")
+                raise ValueError(
+                    "encoder=teacher needs eval.teacher_model (or a checkpoint that records one)"
+                )
             teacher_model, teacher_pretrained = model.clip_teacher.model_name, model.clip_teacher.pretrained
         return teacher_encoder(teacher_model, teacher_pretrained, device if model is None else model.device)
     raise ValueError(f"unknown encoder {encoder!r}; use 'student' or 'teacher'")

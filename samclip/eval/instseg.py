@@ -40,7 +40,9 @@ def mask_results(
     ]
 
 
-def coco_mask_ap(gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None) -> dict[str, float]:
+def coco_mask_ap(
+    gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None
+) -> dict[str, float]:
     """Mask AP (in %) with pycocotools' ``COCOeval(iouType="segm")``; ``gt`` is a ``COCO`` object."""
     from pycocotools.cocoeval import COCOeval
 
@@ -56,7 +58,9 @@ def coco_mask_ap(gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int
     return {name: 100.0 * float(value) for name, value in zip(COCO_STATS, evaluator.stats[:6], strict=True)}
 
 
-def lvis_mask_ap(gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None) -> dict[str, float]:
+def lvis_mask_ap(
+    gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None
+) -> dict[str, float]:
     """Mask AP (in %) with ``lvis.LVISEval(iou_type="segm")``; ``gt`` is an ``LVIS`` object (300 dets/image)."""
     from lvis import LVISEval, LVISResults
 
@@ -118,18 +122,25 @@ def evaluate_instseg(
         embedding = model.model.embed_image(pixels)
         masks = np.concatenate(
             [
-                model.model.segment(embedding, boxes=boxes[start : start + prompt_batch_size]).masks.cpu().numpy()
+                model.model.segment(embedding, boxes=boxes[start : start + prompt_batch_size])
+                .masks.cpu()
+                .numpy()
                 for start in range(0, len(boxes), prompt_batch_size)
             ]
         )
         results += mask_results(
-            image_id, masks, [d["category_id"] for d in detections_here], [d["score"] for d in detections_here]
+            image_id,
+            masks,
+            [d["category_id"] for d in detections_here],
+            [d["score"] for d in detections_here],
         )
         if count < num_visualize:
             _save_instances(Path(run_dir) / "qualitative" / f"{image_id}.png", pixels, masks, palette)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / "predictions.json").write_text(json.dumps(results))
-    metrics = coco_mask_ap(gt, results, image_ids) if evaluator == "coco" else lvis_mask_ap(gt, results, image_ids)
+    metrics = (
+        coco_mask_ap(gt, results, image_ids) if evaluator == "coco" else lvis_mask_ap(gt, results, image_ids)
+    )
     return {"evaluator": evaluator, **metrics, "num_images": len(image_ids), "num_masks": len(results)}
 
 
@@ -162,7 +173,8 @@ def _read_detections(path: str, gt: Any, max_per_image: int) -> dict[int, list[d
         if detection["image_id"] in gt.imgs:
             by_image[detection["image_id"]].append(detection)
     return {
-        image_id: sorted(items, key=lambda d: -d["score"])[:max_per_image] for image_id, items in by_image.items()
+        image_id: sorted(items, key=lambda d: -d["score"])[:max_per_image]
+        for image_id, items in by_image.items()
     }
 
 

@@ -32,9 +32,9 @@ class ConfusionMatrix:
             )
         if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
             raise ValueError(f"predicted labels must be in [0, {self.num_classes})")
-        self.matrix += np.bincount(
-            gt * self.num_classes + pred, minlength=self.num_classes**2
-        ).reshape(self.num_classes, self.num_classes)
+        self.matrix += np.bincount(gt * self.num_classes + pred, minlength=self.num_classes**2).reshape(
+            self.num_classes, self.num_classes
+        )
 
     def iou(self) -> np.ndarray:
         """Per-class IoU; NaN for classes absent from both ground truth and predictions."""

@@ -64,7 +64,11 @@ def evaluate_semseg(
         confusion.update(label_map, sample.label)
         if index < num_visualize:
             save_segmentation_panel(
-                Path(run_dir) / "qualitative" / f"{sample.name}.png", sample.image, label_map, sample.label, palette
+                Path(run_dir) / "qualitative" / f"{sample.name}.png",
+                sample.image,
+                label_map,
+                sample.label,
+                palette,
             )
     iou = confusion.iou()
     return {

@@ -33,9 +33,13 @@ def colorize(label_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return out
 
 
-def overlay(image: np.ndarray, colors: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.55) -> np.ndarray:
+def overlay(
+    image: np.ndarray, colors: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.55
+) -> np.ndarray:
     """Blend ``colors`` over ``image`` (where ``mask`` is true, everywhere if None)."""
-    blended = (image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha).round().astype(np.uint8)
+    blended = (
+        (image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha).round().astype(np.uint8)
+    )
     if mask is None:
         return blended
     return np.where(mask[..., None], blended, image)
@@ -57,7 +61,11 @@ def draw_legend(image: Image.Image, names: Sequence[str], colors: Sequence[Seque
 
 
 def save_segmentation_panel(
-    path: str | Path, image: np.ndarray, prediction: np.ndarray, target: np.ndarray | None, palette: np.ndarray
+    path: str | Path,
+    image: np.ndarray,
+    prediction: np.ndarray,
+    target: np.ndarray | None,
+    palette: np.ndarray,
 ) -> None:
     """Input | prediction overlay | ground truth overlay, side by side."""
     panels = [image, overlay(image, colorize(prediction, palette))]

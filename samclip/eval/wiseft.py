@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from samclip.eval.report import write_results
 from samclip.inference import MergedSamClip
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import load_final_checkpoint
@@ -82,8 +83,12 @@ def evaluate_wiseft(
         point.model.load_state_dict(interpolate_state_dicts(zero, one, float(alpha)), strict=True)
         row: dict[str, Any] = {"alpha": float(alpha)}
         for name, task in tasks.items():
-            results = task(model=point, run_dir=Path(run_dir) / f"alpha_{alpha:.2f}" / name)
-            row.update({f"{name}/{key}": value for key, value in results.items() if isinstance(value, int | float)})
+            task_dir = Path(run_dir) / f"alpha_{alpha:.2f}" / name
+            results = task(model=point, run_dir=task_dir)
+            write_results(task_dir, f"{name} (Wise-FT α={alpha})", results)
+            row.update(
+                {f"{name}/{key}": value for key, value in results.items() if isinstance(value, int | float)}
+            )
         points.append(row)
         del point
     return {"checkpoint_a": str(checkpoint_a), "points": points}

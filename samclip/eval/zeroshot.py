@@ -116,9 +116,7 @@ def segment_with_both_heads(
         logits = upscale_mask_logits(result.logits, frame, embedding.input_size, embedding.original_size)
         prompted.append(class_index)
         sam_logits.append(logits[0, 0])
-    fallback = (
-        torch.full_like(clip_labels, background_index) if background_index is not None else clip_labels
-    )
+    fallback = torch.full_like(clip_labels, background_index) if background_index is not None else clip_labels
     if not prompted:
         return SemanticPrediction(label_map=fallback, clip_logits=full_cosine)
     stacked = torch.stack(sam_logits)

@@ -53,7 +53,10 @@ def evaluate_zeroshot_cls(
         elif layout == "webdataset":
             if shards is None:
                 raise ValueError("layout=webdataset needs eval.shards")
-            loader, names = webdataset_loader(shards, transform, batch_size, num_workers), read_classnames(classnames)
+            loader, names = (
+                webdataset_loader(shards, transform, batch_size, num_workers),
+                read_classnames(classnames),
+            )
         else:
             raise ValueError(f"unknown classification layout {layout!r}; use 'imagefolder' or 'webdataset'")
         if classifier is None:

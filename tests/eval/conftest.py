@@ -20,7 +20,16 @@ CLIP_NAME = "samclip-tiny-clip"
 CLASSNAMES = ("dog", "cat", "horse", "car", "tree", "boat", "person", "bird")
 # One flat colour per class: constant images survive any resize and crop unchanged.
 COLORS = np.array(
-    [[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30], [200, 30, 200], [30, 200, 200], [120, 60, 10], [250, 250, 250]],
+    [
+        [200, 30, 30],
+        [30, 200, 30],
+        [30, 30, 200],
+        [200, 200, 30],
+        [200, 30, 200],
+        [30, 200, 200],
+        [120, 60, 10],
+        [250, 250, 250],
+    ],
     dtype=np.uint8,
 )
 
@@ -63,7 +72,9 @@ def constant_images(colors: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(colors).float().div(255).view(-1, 3, 1, 1).expand(-1, 3, size, size).contiguous()
 
 
-def write_image_folder(root: Path, labels: Sequence[str], colors: np.ndarray, size: tuple[int, int] = (40, 30)) -> Path:
+def write_image_folder(
+    root: Path, labels: Sequence[str], colors: np.ndarray, size: tuple[int, int] = (40, 30)
+) -> Path:
     """``root/<label>/<i>.png`` with one constant-colour image per entry."""
     for index, (label, color) in enumerate(zip(labels, colors, strict=True)):
         folder = root / label.replace(" ", "_")

@@ -23,7 +23,9 @@ POINTS = np.array([[50, 60], [150, 40]], dtype=np.float64)
 def _predictor_masks(sam, boxes: np.ndarray, points: np.ndarray):
     predictor = SamPredictor(sam.eval())
     predictor.set_image(IMAGE)
-    box_logits = [predictor.predict(box=box, multimask_output=False, return_logits=True)[0][0] for box in boxes]
+    box_logits = [
+        predictor.predict(box=box, multimask_output=False, return_logits=True)[0][0] for box in boxes
+    ]
     point_logits = predictor.predict(
         point_coords=points, point_labels=np.ones(len(points)), multimask_output=False, return_logits=True
     )[0][0]
@@ -55,10 +57,14 @@ def test_bare_state_dict_export_needs_the_model_name(tmp_path):
     out = tmp_path / "sam.pth"
     export_main([str(state), "--model", "samclip_tiny", "--format", "sam", "--out", str(out)])
     exported = torch.load(out, weights_only=True)
-    torch.testing.assert_close(exported["image_encoder.patch_embed.proj.weight"], model.backbone.patch_embed.proj.weight)
+    torch.testing.assert_close(
+        exported["image_encoder.patch_embed.proj.weight"], model.backbone.patch_embed.proj.weight
+    )
     assert not any(key.startswith("clip_head") for key in exported)
     with pytest.raises(ValueError, match="clip-model"):
-        export_main([str(state), "--model", "samclip_tiny", "--format", "samclip", "--out", str(tmp_path / "d")])
+        export_main(
+            [str(state), "--model", "samclip_tiny", "--format", "samclip", "--out", str(tmp_path / "d")]
+        )
 
 
 def test_samclip_export_round_trips(final_checkpoint, merged, tmp_path):
@@ -85,7 +91,7 @@ def test_load_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load(tmp_path / "empty")
 
 

@@ -108,8 +108,12 @@ def _end_to_end_dataset(tmp_path: Path, merged, lvis: bool):
             mask = predictor.predict(box=np.array(box), multimask_output=False)[0][0]
             x0, y0, x1, y1 = box
             score = 0.9 - 0.1 * index
-            detections.append({"image_id": image_id, "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
-            ground_truth.append((image_id, np.roll(mask, 6, axis=0) if (image_id, index) == (1, 1) else mask, score))
+            detections.append(
+                {"image_id": image_id, "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score}
+            )
+            ground_truth.append(
+                (image_id, np.roll(mask, 6, axis=0) if (image_id, index) == (1, 1) else mask, score)
+            )
     missed = np.zeros(SIZE, dtype=bool)
     missed[70:90, 5:30] = True
     ground_truth.append((2, missed, 0.0))
@@ -124,12 +128,21 @@ def _end_to_end_dataset(tmp_path: Path, merged, lvis: bool):
     # The reference: SamPredictor's masks for the detections, scored directly by the evaluator library.
     reference = []
     for detection in detections:
-        pixels = np.asarray(Image.open(tmp_path / "val2017" / f"{detection['image_id']:012d}.png").convert("RGB"))
+        pixels = np.asarray(
+            Image.open(tmp_path / "val2017" / f"{detection['image_id']:012d}.png").convert("RGB")
+        )
         predictor.set_image(pixels)
         x, y, w, h = detection["bbox"]
         mask = predictor.predict(box=np.array([x, y, x + w, y + h]), multimask_output=False)[0][0]
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        reference.append({"image_id": detection["image_id"], "category_id": 1, "segmentation": rle, "score": detection["score"]})
+        reference.append(
+            {
+                "image_id": detection["image_id"],
+                "category_id": 1,
+                "segmentation": rle,
+                "score": detection["score"],
+            }
+        )
     return annotation_path, detection_path, reference
 
 
@@ -171,4 +184,6 @@ def test_detections_file_errors(merged, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image_id": 1, "bbox": [0, 0, 5, 5], "score": 1.0}]))
     with pytest.raises(ValueError, match="category_id"):
-        evaluate_instseg(merged, tmp_path, annotations=str(annotations), detections=str(bad), images_root=str(tmp_path))
+        evaluate_instseg(
+            merged, tmp_path, annotations=str(annotations), detections=str(bad), images_root=str(tmp_path)
+        )

@@ -21,7 +21,9 @@ RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 CAT, DOG, HORSE = VOC_CLASSES.index("cat"), VOC_CLASSES.index("dog"), VOC_CLASSES.index("horse")
 
 
-def _two_region_sample(left: tuple, right: tuple, left_class: int, right_class: int) -> tuple[np.ndarray, np.ndarray]:
+def _two_region_sample(
+    left: tuple, right: tuple, left_class: int, right_class: int
+) -> tuple[np.ndarray, np.ndarray]:
     image = np.zeros((224, 224, 3), dtype=np.uint8)
     image[:, :112], image[:, 112:] = left, right
     label = np.full((224, 224), left_class, dtype=np.uint8)
@@ -72,7 +74,9 @@ def test_voc_reader_keeps_palette_indices_and_the_ignore_band(voc_root):
     assert samples[0].image.shape == (224, 224, 3) and dataset.background_index == 0
 
 
-def test_clip_mode_on_a_constructed_model_scores_100_and_0_when_classes_are_swapped(merged, voc_root, tmp_path):
+def test_clip_mode_on_a_constructed_model_scores_100_and_0_when_classes_are_swapped(
+    merged, voc_root, tmp_path
+):
     right = _stub_model(merged, {RED: CAT, BLUE: DOG, GREEN: HORSE})
     results = evaluate_semseg(right, tmp_path / "right", layout="voc", root=str(voc_root), mode="clip")
     assert results["mIoU"] == pytest.approx(100.0)
@@ -88,19 +92,25 @@ def test_clip_mode_on_a_constructed_model_scores_100_and_0_when_classes_are_swap
 
 def test_composed_mode_without_confident_classes_predicts_background(merged, voc_root, tmp_path):
     """A threshold no probability reaches prompts nothing: every pixel is background, whose IoU is then 0."""
-    results = evaluate_semseg(merged, tmp_path, layout="voc", root=str(voc_root), mode="composed", threshold=1.5)
+    results = evaluate_semseg(
+        merged, tmp_path, layout="voc", root=str(voc_root), mode="composed", threshold=1.5
+    )
     assert results["per_class"]["background"] == 0.0
     assert results["mIoU"] == 0.0 and results["pixel_accuracy"] == 0.0
 
 
 def test_composed_mode_is_reproducible_with_its_seed(merged, voc_root, tmp_path):
     runs = [
-        evaluate_semseg(merged, tmp_path / str(i), layout="voc", root=str(voc_root), mode="composed", threshold=0.05)
+        evaluate_semseg(
+            merged, tmp_path / str(i), layout="voc", root=str(voc_root), mode="composed", threshold=0.05
+        )
         for i in range(2)
     ]
     assert runs[0]["mIoU"] == runs[1]["mIoU"] and runs[0]["resolution"] == merged.config.image_size
     image = np.asarray(Image.open(voc_root / "JPEGImages" / "2007_000001.jpg"))
-    composed = merged.semantic_segment(image, VOC_CLASSES, mode="composed", threshold=0.05, background_index=0)
+    composed = merged.semantic_segment(
+        image, VOC_CLASSES, mode="composed", threshold=0.05, background_index=0
+    )
     assert composed.label_map.shape == (224, 224)
 
 
@@ -145,12 +155,14 @@ def test_ade_context_and_cocostuff_layouts(tmp_path):
     (stuff / "images" / "val2017").mkdir(parents=True)
     Image.fromarray(image).save(stuff / "images" / "val2017" / "000000000139.jpg")
     (stuff / "annotations" / "val2017").mkdir(parents=True)
-    Image.fromarray(label, mode="L").save(stuff / "annotations" / "val2017" / "000000000139_labelTrainIds.png")
+    Image.fromarray(label, mode="L").save(
+        stuff / "annotations" / "val2017" / "000000000139_labelTrainIds.png"
+    )
     sample = next(iter(open_segmentation_dataset("cocostuff", tmp_path)))
     np.testing.assert_array_equal(sample.label, label)
 
 
 def test_missing_split_file_is_named(tmp_path):
     (tmp_path / "SegmentationClass").mkdir()
-    with pytest.raises(FileNotFoundError, match="val.txt"):
+    with pytest.raises(FileNotFoundError, match=r"val\.txt"):
         open_segmentation_dataset("voc", tmp_path)

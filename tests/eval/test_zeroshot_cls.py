@@ -25,14 +25,20 @@ def _run(checkpoint: Path, tmp_path: Path, **kwargs: object) -> dict:
 
 def test_imagefolder_accuracy_is_one_when_the_model_is_right(classifying_checkpoints, tmp_path):
     root = write_image_folder(tmp_path / "data", CLASSNAMES, COLORS)
-    results = _run(classifying_checkpoints["right"], tmp_path, layout="imagefolder", root=str(root), classnames=None)
+    results = _run(
+        classifying_checkpoints["right"], tmp_path, layout="imagefolder", root=str(root), classnames=None
+    )
     assert results["top1@224"] == 100.0 and results["top5@224"] == 100.0
     assert results["num_images"] == len(CLASSNAMES)
 
 
-def test_imagefolder_accuracy_drops_with_the_shifted_model_and_top5_counts_ranks(classifying_checkpoints, tmp_path):
+def test_imagefolder_accuracy_drops_with_the_shifted_model_and_top5_counts_ranks(
+    classifying_checkpoints, tmp_path
+):
     root = write_image_folder(tmp_path / "data", CLASSNAMES, COLORS)
-    results = _run(classifying_checkpoints["shifted"], tmp_path, layout="imagefolder", root=str(root), classnames=None)
+    results = _run(
+        classifying_checkpoints["shifted"], tmp_path, layout="imagefolder", root=str(root), classnames=None
+    )
     assert results["top1@224"] == 0.0
     # The shifted model scores the true class 0 and one wrong class 1: the true class ranks 2nd..8th.
     assert 0.0 < results["top5@224"] < 100.0
@@ -44,10 +50,22 @@ def test_class_name_file_and_folder_order(classifying_checkpoints, tmp_path):
     root = write_image_folder(tmp_path / "data", folders, COLORS)
     names = tmp_path / "names.txt"
     names.write_text("\n".join(CLASSNAMES) + "\n")
-    right = _run(classifying_checkpoints["right"], tmp_path, layout="imagefolder", root=str(root), classnames=str(names))
+    right = _run(
+        classifying_checkpoints["right"],
+        tmp_path,
+        layout="imagefolder",
+        root=str(root),
+        classnames=str(names),
+    )
     assert right["top1@224"] == 100.0
     names.write_text("\n".join(reversed(CLASSNAMES)) + "\n")
-    wrong = _run(classifying_checkpoints["right"], tmp_path, layout="imagefolder", root=str(root), classnames=str(names))
+    wrong = _run(
+        classifying_checkpoints["right"],
+        tmp_path,
+        layout="imagefolder",
+        root=str(root),
+        classnames=str(names),
+    )
     assert wrong["top1@224"] == 0.0
 
 
@@ -82,7 +100,11 @@ def test_webdataset_layout(classifying_checkpoints, tmp_path):
 def test_the_clip_teacher_itself(classifier, clip_tower_file, tmp_path):
     """Solve the teacher's projection so that colour c embeds at class c, then evaluate it with encoder=teacher."""
     teacher = open_clip.create_model(CLIP_NAME, pretrained=str(clip_tower_file)).eval()
-    size = teacher.visual.image_size[0] if isinstance(teacher.visual.image_size, tuple) else teacher.visual.image_size
+    size = (
+        teacher.visual.image_size[0]
+        if isinstance(teacher.visual.image_size, tuple)
+        else teacher.visual.image_size
+    )
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     pixels = (constant_images(COLORS, size) - mean) / std

@@ -15,7 +15,9 @@ from torchvision.datasets import ImageFolder
 IMAGE_KEYS = "jpg;jpeg;png;webp"
 
 
-def read_classnames(spec: str | Sequence[str] | None, folder_classes: Sequence[str] | None = None) -> list[str]:
+def read_classnames(
+    spec: str | Sequence[str] | None, folder_classes: Sequence[str] | None = None
+) -> list[str]:
     """Class names in label order: ``"imagenet"`` (open_clip's list), a text file (one per line), a list,
     or, for an ImageFolder, its folder names (underscores as spaces) when ``spec`` is None."""
     if spec is None:

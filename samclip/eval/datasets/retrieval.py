@@ -20,7 +20,9 @@ class CaptionedImage:
     captions: tuple[str, ...]
 
 
-def read_karpathy_split(annotations: str | Path, images_root: str | Path, split: str = "test") -> list[CaptionedImage]:
+def read_karpathy_split(
+    annotations: str | Path, images_root: str | Path, split: str = "test"
+) -> list[CaptionedImage]:
     """``dataset_coco.json`` / ``dataset_flickr30k.json``: images at ``images_root/[filepath/]filename``."""
     annotations, images_root = Path(annotations), Path(images_root)
     if not annotations.is_file():

@@ -57,7 +57,9 @@ class SegmentationDataset:
                 )
             raw = np.asarray(label_image).astype(np.int64)
         if raw.shape != pixels.shape[:2]:
-            raise ValueError(f"label map {label_path} is {raw.shape}, its image {image_path} {pixels.shape[:2]}")
+            raise ValueError(
+                f"label map {label_path} is {raw.shape}, its image {image_path} {pixels.shape[:2]}"
+            )
         return SegmentationSample(image_path.stem, pixels, self.label_transform(raw))
 
 
@@ -124,10 +126,15 @@ def ade20k(root: str | Path, split: str = "validation") -> SegmentationDataset:
     return SegmentationDataset("ade20k", ADE20K_CLASSES, pairs, _reduce_zero_label)
 
 
-def pascal_context(root: str | Path, split: str = "val", with_background: bool = False) -> SegmentationDataset:
+def pascal_context(
+    root: str | Path, split: str = "val", with_background: bool = False
+) -> SegmentationDataset:
     base = _find_root(root, "SegmentationClassContext", ("VOC2010", "VOCdevkit/VOC2010"))
     pairs = _pairs_from_list(
-        base, base / "ImageSets" / "SegmentationContext" / f"{split}.txt", "JPEGImages", "SegmentationClassContext"
+        base,
+        base / "ImageSets" / "SegmentationContext" / f"{split}.txt",
+        "JPEGImages",
+        "SegmentationClassContext",
     )
     if with_background:
         return SegmentationDataset("context60", CONTEXT_CLASSES, pairs, _identity, background_index=0)

@@ -1,0 +1,83 @@
+"""``samclip-eval`` through Hydra: every eval config composes onto its task function; a run writes its report."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+
+import numpy as np
+import pytest
+from conftest import write_voc
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_method
+
+from samclip.eval.datasets.classnames import VOC_CLASSES
+from samclip.evaluate import CONFIG_DIR, main
+
+TASKS = sorted(path.stem for path in (CONFIG_DIR / "eval").glob("*.yaml"))
+
+
+def test_all_paper_tasks_have_a_config():
+    assert {
+        "zeroshot_cls",
+        "retrieval",
+        "instseg_coco",
+        "instseg_lvis",
+        "semseg_voc",
+        "semseg_ade",
+        "wiseft",
+    } <= set(TASKS)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_eval_config_keys_are_the_task_arguments(task):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"eval={task}", "run_dir=unused"])
+    configs = [cfg.eval, *cfg.eval.get("tasks", {}).values()]
+    for config in configs:
+        parameters = inspect.signature(get_method(config._target_)).parameters
+        keys = set(config) - {"_target_", "name"}
+        assert keys <= set(parameters), f"{task}: {sorted(keys - set(parameters))} are not arguments"
+        assert {"model", "run_dir"} <= set(parameters)
+
+
+def _voc(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = {}
+    for index in range(3):
+        label = np.zeros((48, 64), dtype=np.uint8)
+        label[10:40, 20:50] = 12 + index
+        label[9, 19:51] = 255
+        samples[f"2007_00000{index}"] = ((rng.random((48, 64, 3)) * 255).astype(np.uint8), label)
+    return write_voc(tmp_path / "VOC2012", samples)
+
+
+@pytest.mark.parametrize("mode", ["clip", "composed"])
+def test_semseg_voc_run_writes_results_markdown_and_pictures(final_checkpoint, tmp_path, monkeypatch, mode):
+    root = _voc(tmp_path)
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["samclip-eval", "eval=semseg_voc", f"checkpoint={final_checkpoint}", f"run_dir={run_dir}",
+         f"eval.root={root}", f"eval.mode={mode}", "eval.num_visualize=2", "device=cpu"],
+    )  # fmt: skip
+    main()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["task"] == "semseg_voc" and results["mode"] == mode and results["num_images"] == 3
+    assert set(results["per_class"]) == set(VOC_CLASSES)
+    assert 0.0 <= results["mIoU"] <= 100.0
+    markdown = (run_dir / "results.md").read_text()
+    assert "| mIoU |" in markdown and "## per_class" in markdown
+    assert len(list((run_dir / "qualitative").glob("*.png"))) == 2
+
+
+def test_missing_dataset_root_is_reported(final_checkpoint, tmp_path):
+    from samclip.evaluate import evaluate
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["eval=semseg_voc", f"run_dir={tmp_path}"])
+    cfg.checkpoint = str(final_checkpoint)
+    with pytest.raises(Exception, match="root"):
+        evaluate(cfg)
