@@ -23,10 +23,15 @@ import time
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from samclip.data.clip_stream import ClipStream
+from samclip.data.images import decode_image, to_tensor
+from samclip.data.prompts_sampling import sample_prompts
+from samclip.data.sa1b import check_rle, nearest_indices, parse_annotation_file
 from samclip.data.sam_stream import SamStream
 from samclip.data.synth import make_sa1b_files, make_web_image, write_tar
+from samclip.models.preprocess import pad_to_square, resized_longest_side_shape
 
 SAM_SIZE = (1500, 2250)
 WEB_SIZE = (384, 512)
@@ -68,6 +73,46 @@ def decode_rate(files: list[bytes]) -> float:
         image.load()
         image.convert("RGB")
     return len(files) / (time.perf_counter() - start)
+
+
+def sam_stage_times(tar_path: str, masks_per_image: int = 32) -> dict[str, float]:
+    """Milliseconds per image of each step of the D_SAM pipeline, run one by one on the same files."""
+    with tarfile.open(tar_path) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    times = dict.fromkeys(
+        [
+            "JPEG decode",
+            "image resize + pad",
+            "32 masks: pycocotools decode",
+            "32 masks: resample",
+            "prompts",
+        ],
+        0.0,
+    )
+    rng = np.random.default_rng(0)
+    keys = sorted(name[:-4] for name in files if name.endswith(".jpg"))
+    for key in keys:
+        record = parse_annotation_file(files[f"{key}.json"])
+        rles = [
+            check_rle(a["segmentation"], record.height, record.width)
+            for a in record.annotations[:masks_per_image]
+        ]
+        height, width = resized_longest_side_shape(record.height, record.width, 1024)
+        t0 = time.perf_counter()
+        image = decode_image(files[f"{key}.jpg"])
+        t1 = time.perf_counter()
+        pad_to_square(to_tensor(image.resize((width, height), Image.Resampling.BILINEAR))[None], 1024)
+        t2 = time.perf_counter()
+        full = [mask_utils.decode([rle]) for rle in rles]
+        t3 = time.perf_counter()
+        rows, cols = nearest_indices(record.height, height), nearest_indices(record.width, width)
+        masks = np.stack([m[:, :, 0].T[cols][:, rows].T for m in full]).view(bool)
+        t4 = time.perf_counter()
+        sample_prompts(masks, 0, rng, 0.5, 1, 0.1, 20.0)
+        t5 = time.perf_counter()
+        for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            times[name] += 1e3 * dt / len(keys)
+    return times
 
 
 def stream_rate(stream: ClipStream | SamStream) -> float:
@@ -118,45 +163,39 @@ def main() -> None:
                 steps_per_epoch=args.sam_images,
             )
 
-        rates: dict[str, list[float]] = {
-            k: [] for k in ("web_decode", "clip_224", "clip_448", "sam_decode", "sam")
+        # Each stream run right after a decode run of its own files; the ratio is taken per pair.
+        cases = {
+            "D_CLIP -> 224px (RRC + flip)": (
+                lambda: clip(224),
+                web_files,
+                f"{WEB_SIZE[1]}x{WEB_SIZE[0]} JPEG",
+            ),
+            "D_CLIP -> 448px (RRC + flip)": (
+                lambda: clip(448),
+                web_files,
+                f"{WEB_SIZE[1]}x{WEB_SIZE[0]} JPEG",
+            ),
+            "D_SAM -> 1024px, 32 masks + prompts": (sam, sam_files, f"{SAM_SIZE[1]}x{SAM_SIZE[0]} JPEG"),
         }
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
         for _ in range(args.repeats):
-            rates["web_decode"].append(decode_rate(web_files))
-            rates["clip_224"].append(stream_rate(clip(224)))
-            rates["clip_448"].append(stream_rate(clip(448)))
-            rates["sam_decode"].append(decode_rate(sam_files))
-            rates["sam"].append(stream_rate(sam()))
-        median = {k: statistics.median(v) for k, v in rates.items()}
+            for name, (make, files, _) in cases.items():
+                decode = decode_rate(files)
+                results[name].append((stream_rate(make()), decode))
+        stages = sam_stage_times(sam_tar)
 
-    rows = [
-        (
-            "D_CLIP -> 224px (RRC + flip)",
-            f"{WEB_SIZE[1]}x{WEB_SIZE[0]} JPEG",
-            median["clip_224"],
-            median["web_decode"],
-        ),
-        (
-            "D_CLIP -> 448px (RRC + flip)",
-            f"{WEB_SIZE[1]}x{WEB_SIZE[0]} JPEG",
-            median["clip_448"],
-            median["web_decode"],
-        ),
-        (
-            "D_SAM -> 1024px, 32 masks + prompts",
-            f"{SAM_SIZE[1]}x{SAM_SIZE[0]} JPEG",
-            median["sam"],
-            median["sam_decode"],
-        ),
-    ]
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads 1, "
         f"median of {args.repeats}\n"
     )
     print("| stream | source | stream images/s per worker | raw JPEG decode images/s | stream / decode |")
     print("|---|---|---:|---:|---:|")
-    for name, source, stream, decode in rows:
-        print(f"| {name} | {source} | {stream:.1f} | {decode:.1f} | {stream / decode:.2f} |")
+    for name, pairs in results.items():
+        stream = statistics.median(p[0] for p in pairs)
+        decode = statistics.median(p[1] for p in pairs)
+        ratio = statistics.median(p[0] / p[1] for p in pairs)
+        print(f"| {name} | {cases[name][2]} | {stream:.1f} | {decode:.1f} | {ratio:.2f} |")
+    print("\nD_SAM per image, step by step (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
 
 
 if __name__ == "__main__":
