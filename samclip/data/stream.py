@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -25,11 +25,12 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from samclip.data.bad_samples import BadSample, SkipTracker
-from samclip.data.shards import ShardCursor, SlotShards
+from samclip.data.shards import RawSample, ShardCursor, SlotShards
 
 logger = logging.getLogger(__name__)
 
 BatchT = TypeVar("BatchT")
+SampleT = TypeVar("SampleT")
 Position = tuple[int, int]
 
 
@@ -40,7 +41,7 @@ class SampleReader:
         self.cursors = cursors
         self.tracker = tracker
 
-    def next(self, source: int, prepare: Any) -> Any:
+    def next(self, source: int, prepare: Callable[[RawSample], SampleT]) -> SampleT:
         """``prepare(raw)`` of the next sample of ``source`` for which it does not raise ``BadSample``."""
         cursor = self.cursors[source]
         while True:
