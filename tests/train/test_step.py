@@ -105,3 +105,40 @@ def test_micro_batch_split_gives_the_same_update(clip_micro: int, sam_micro: int
     # is ~lr * sign(g), so coordinates whose gradient is at rounding level can move differently, by < 2 lr.
     assert max_grad_diff < 1e-6
     assert max_weight_diff < 1e-5
+
+
+def test_grad_checkpointing_and_bf16_autocast_options() -> None:
+    """Gradient checkpointing recomputes the same gradients; bf16 autocast runs and stays close on CPU."""
+    clip, sam = _batches(clip=4, sam=2)
+    reference = tiny_task(seed=4)
+    forward_backward(
+        reference, reference.student, clip, sam, clip_micro_batch_size=4, sam_micro_batch_size=2, env=ENV
+    )
+    checkpointed = tiny_task(seed=4)
+    checkpointed.student.set_grad_checkpointing(True)
+    forward_backward(
+        checkpointed,
+        checkpointed.student,
+        clip,
+        sam,
+        clip_micro_batch_size=4,
+        sam_micro_batch_size=2,
+        env=ENV,
+    )
+    for name, grad in _grads(reference).items():
+        torch.testing.assert_close(_grads(checkpointed)[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    bf16 = tiny_task(seed=4)
+    low = forward_backward(
+        bf16,
+        bf16.student,
+        clip,
+        sam,
+        clip_micro_batch_size=4,
+        sam_micro_batch_size=2,
+        env=ENV,
+        autocast_dtype=torch.bfloat16,
+    )
+    full = forward_backward(
+        reference, reference.student, clip, sam, clip_micro_batch_size=4, sam_micro_batch_size=2, env=ENV
+    )
+    assert low.total != full.total and low.total == pytest.approx(full.total, rel=0.05)
