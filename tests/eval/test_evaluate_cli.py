@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_voc
+from constructed import write_voc
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_method
 

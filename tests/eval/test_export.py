@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_student
+from constructed import random_student
 from segment_anything import SamPredictor, sam_model_registry
 
 from samclip.export import main as export_main

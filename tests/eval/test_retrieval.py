@@ -10,7 +10,15 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from conftest import CLASSNAMES, CLIP_NAME, COLORS, constant_images, dual_basis, fit_clip_head, random_student
+from constructed import (
+    CLASSNAMES,
+    CLIP_NAME,
+    COLORS,
+    constant_images,
+    dual_basis,
+    fit_clip_head,
+    random_student,
+)
 from PIL import Image
 
 from samclip.eval.retrieval import evaluate_retrieval

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import dual_basis, voc_palette_png, write_voc
+from constructed import dual_basis, voc_palette_png, write_voc
 from PIL import Image
 from torch import nn
 

@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import CLASSNAMES, COLORS, write_image_folder
+from constructed import CLASSNAMES, COLORS, write_image_folder
 
 from samclip.eval.wiseft import endpoint_state_dict, evaluate_wiseft, interpolate_state_dicts
 from samclip.eval.zeroshot_cls import evaluate_zeroshot_cls

@@ -10,7 +10,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from conftest import CLASSNAMES, CLIP_NAME, COLORS, constant_images, dual_basis, write_image_folder
+from constructed import CLASSNAMES, CLIP_NAME, COLORS, constant_images, dual_basis, write_image_folder
 from PIL import Image
 
 from samclip.eval.zeroshot_cls import evaluate_zeroshot_cls
