@@ -40,11 +40,12 @@ def _assert_same_tensors(a: object, b: object, where: str = "") -> None:
 
 
 def test_stop_and_resume_equals_straight_run(tmp_path: Path) -> None:
+    # head_probe on in-memory streams here; the SIGKILL test below resumes multitask on the real streams.
     env = single_process_env()
-    train_tiny(env, tmp_path / "straight", num_steps=4, every_steps=2)
-    train_tiny(env, tmp_path / "resumed", num_steps=4, every_steps=2, stop_after=2)
+    train_tiny(env, tmp_path / "straight", num_steps=4, every_steps=2, stage="head_probe")
+    train_tiny(env, tmp_path / "resumed", num_steps=4, every_steps=2, stop_after=2, stage="head_probe")
     # A fresh process-like start: new model, optimizer and streams, all restored from step 2's checkpoint.
-    train_tiny(env, tmp_path / "resumed", num_steps=4, every_steps=2)
+    train_tiny(env, tmp_path / "resumed", num_steps=4, every_steps=2, stage="head_probe")
 
     straight = load_training_checkpoint(tmp_path / "straight" / "checkpoints" / "step_00000004.pt")
     resumed = load_training_checkpoint(tmp_path / "resumed" / "checkpoints" / "step_00000004.pt")

@@ -14,7 +14,7 @@ from samclip.step import forward_backward, split_sam
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
-def _batches(clip: int = 8, sam: int = 4) -> tuple[ClipBatch, SamBatch]:
+def _batches(clip: int = 8, sam: int = 2) -> tuple[ClipBatch, SamBatch]:
     images, prompts = sam_batch(seed=3, step=0, batch=sam)
     sizes = torch.full((sam, 2), images.shape[-1])
     return ClipBatch(clip_images(seed=3, step=0, batch=clip, resolution=64), 64), SamBatch(
@@ -40,7 +40,7 @@ def test_full_batch_step_matches_hand_written_loss() -> None:
     clip, sam = _batches()
     ours = tiny_task(seed=1, sam_weight=10.0)
     losses = forward_backward(
-        ours, ours.student, clip, sam, clip_micro_batch_size=8, sam_micro_batch_size=4, env=ENV
+        ours, ours.student, clip, sam, clip_micro_batch_size=8, sam_micro_batch_size=2, env=ENV
     )
 
     reference = tiny_task(seed=1, sam_weight=10.0)
@@ -74,12 +74,12 @@ def test_full_batch_step_matches_hand_written_loss() -> None:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize(("clip_micro", "sam_micro"), [(2, 1), (3, 3)])
+@pytest.mark.parametrize(("clip_micro", "sam_micro"), [(2, 1), pytest.param(3, 3, marks=pytest.mark.slow)])
 def test_micro_batch_split_gives_the_same_update(clip_micro: int, sam_micro: int) -> None:
-    """1x8 CLIP + 1x4 SAM vs 4x2 + 4x1 (and uneven 3+3+2 / 3+1): same gradients, same AdamW update."""
+    """1x8 CLIP + 1x2 SAM vs 4x2 + 2x1 (and uneven 3+3+2 CLIP): same gradients, same AdamW update."""
     clip, sam = _batches()
     results = []
-    for micro in ((8, 4), (clip_micro, sam_micro)):
+    for micro in ((8, 2), (clip_micro, sam_micro)):
         task = tiny_task(seed=2)
         # The multitask stage's optimizer (paper: 4e-5, x0.1 on backbone and SAM head).
         optimizer = build_optimizer(
@@ -107,12 +107,13 @@ def test_micro_batch_split_gives_the_same_update(clip_micro: int, sam_micro: int
     assert max_weight_diff < 1e-5
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_and_bf16_autocast_options() -> None:
     """Gradient checkpointing recomputes the same gradients; bf16 autocast runs and stays close on CPU."""
-    clip, sam = _batches(clip=4, sam=2)
+    clip, sam = _batches(clip=2, sam=1)
     reference = tiny_task(seed=4)
     forward_backward(
-        reference, reference.student, clip, sam, clip_micro_batch_size=4, sam_micro_batch_size=2, env=ENV
+        reference, reference.student, clip, sam, clip_micro_batch_size=2, sam_micro_batch_size=1, env=ENV
     )
     checkpointed = tiny_task(seed=4)
     checkpointed.student.set_grad_checkpointing(True)
@@ -139,6 +140,6 @@ def test_grad_checkpointing_and_bf16_autocast_options() -> None:
         autocast_dtype=torch.bfloat16,
     )
     full = forward_backward(
-        reference, reference.student, clip, sam, clip_micro_batch_size=4, sam_micro_batch_size=2, env=ENV
+        reference, reference.student, clip, sam, clip_micro_batch_size=2, sam_micro_batch_size=1, env=ENV
     )
     assert low.total != full.total and low.total == pytest.approx(full.total, rel=0.05)
