@@ -96,8 +96,9 @@ def train_stage(
                 raise NonFiniteLossError(
                     f"{stage}: {state.counters.consecutive_nonfinite} consecutive steps with a non-finite loss "
                     f"({losses.total}) or gradient norm ({grad_norm}) at step {state.step + 1}; stopping. "
-                    f"The last checkpoint in {checkpointer.directory} is from before them "
-                    f"(trainer.max_consecutive_nonfinite={options.max_consecutive_nonfinite})."
+                    f"Skipped steps leave the weights untouched, so the checkpoints in {checkpointer.directory} "
+                    f"hold the last good ones (trainer.max_consecutive_nonfinite="
+                    f"{options.max_consecutive_nonfinite})."
                 )
         lrs = {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}
         scheduler.step()
