@@ -3,14 +3,14 @@
     samclip-eval eval=semseg_voc checkpoint=runs/x/multitask/final.pt run_dir=evals/voc eval.root=VOC2012
     samclip-eval eval=zeroshot_cls eval.encoder=teacher run_dir=evals/teacher eval.root=imagenet/val
 
-Each ``configs/eval/<task>.yaml`` names the task function in ``_target_``; its other keys are that function's
-arguments (``name`` is the title of the report). ``checkpoint`` is a final.pt or a samclip export directory.
+Each ``configs/evaluate/eval/<task>.yaml`` names the task function in ``_target_``; its other keys are that
+function's arguments (``name`` is the title of the report). ``checkpoint`` is a final.pt or a samclip export
+directory.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,21 @@ log = logging.getLogger(__name__)
 
 
 def _config_dir() -> str:
-    """``samclip/configs`` (the link to the repository's ``configs/`` the package ships) or ``configs/``."""
+    """``configs/evaluate/``, with ``configs/`` found as ``samclip.train`` finds it: ``samclip/configs`` or
+    the repository's ``configs/`` (what an editable install sees).
+
+    samclip-eval has its own config root: under the trainer's, its ``checkpoint`` config group would take
+    ``checkpoint=FILE`` for a group choice.
+    """
     here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
+    candidates = [configs / "evaluate" for configs in (here / "configs", here.parent / "configs")]
+    for candidate in candidates:
         if (candidate / "evaluate.yaml").is_file():
             return str(candidate)
-    raise FileNotFoundError(f"no evaluate.yaml in {here / 'configs'} or {here.parent / 'configs'}")
+    raise FileNotFoundError(f"no evaluate.yaml in {candidates[0]} or {candidates[1]}")
 
 
 CONFIG_DIR = Path(_config_dir())
-# configs/ also holds the trainer's ``checkpoint`` group, so Hydra would read ``checkpoint=FILE`` as a group
-# choice. main() takes that argument off the command line itself and sets the value after composition.
-_CHECKPOINT_ARG = "checkpoint="
-_checkpoint_from_cli: list[str] = []
 
 
 def resolve_device(device: str) -> str:
@@ -69,20 +71,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    if _checkpoint_from_cli:
-        OmegaConf.update(cfg, "checkpoint", _checkpoint_from_cli[-1])
-    evaluate(cfg)
-
-
-def main() -> None:
+def main(cfg: DictConfig) -> None:
     """Console entry point: ``samclip-eval eval=<task> checkpoint=FILE run_dir=DIR [eval.* overrides]``."""
-    _checkpoint_from_cli.clear()
-    _checkpoint_from_cli.extend(
-        arg[len(_CHECKPOINT_ARG) :] for arg in sys.argv[1:] if arg.startswith(_CHECKPOINT_ARG)
-    )
-    sys.argv = [arg for arg in sys.argv if not arg.startswith(_CHECKPOINT_ARG)]
-    _hydra_main()
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``samclip-eval`` through Hydra: every eval config composes onto its task function; a run writes its report."""
+"""``samclip-eval`` through Hydra: every eval config composes onto its task function; ``checkpoint=FILE`` is a
+plain value; a run writes its report."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from constructed import write_voc
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_method
+from omegaconf import OmegaConf
 
 from samclip.eval.datasets.classnames import VOC_CLASSES
 from samclip.evaluate import CONFIG_DIR, main
@@ -42,6 +44,16 @@ def test_eval_config_keys_are_the_task_arguments(task):
         assert {"model", "run_dir"} <= set(parameters)
 
 
+def test_checkpoint_is_a_value_not_a_config_group(tmp_path):
+    """The trainer's config root has a ``checkpoint`` group; the eval root must not, or Hydra would read
+    ``checkpoint=FILE`` as a choice in it."""
+    checkpoint = tmp_path / "runs" / "multitask" / "final.pt"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["eval=semseg_voc", f"checkpoint={checkpoint}", "run_dir=unused"])
+    assert cfg.checkpoint == str(checkpoint)
+    assert cfg.eval._target_ == "samclip.eval.semseg.evaluate_semseg"
+
+
 def _voc(tmp_path):
     rng = np.random.default_rng(0)
     samples = {}
@@ -64,6 +76,8 @@ def test_semseg_voc_run_writes_results_markdown_and_pictures(final_checkpoint, t
          f"eval.root={root}", f"eval.mode={mode}", "eval.num_visualize=2", "device=cpu"],
     )  # fmt: skip
     main()
+    overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    assert f"checkpoint={final_checkpoint}" in overrides
     results = json.loads((run_dir / "results.json").read_text())
     assert results["task"] == "semseg_voc" and results["mode"] == mode and results["num_images"] == 3
     assert set(results["per_class"]) == set(VOC_CLASSES)
@@ -77,7 +91,8 @@ def test_missing_dataset_root_is_reported(final_checkpoint, tmp_path):
     from samclip.evaluate import evaluate
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("evaluate", overrides=["eval=semseg_voc", f"run_dir={tmp_path}"])
-    cfg.checkpoint = str(final_checkpoint)
+        cfg = compose(
+            "evaluate", overrides=["eval=semseg_voc", f"checkpoint={final_checkpoint}", f"run_dir={tmp_path}"]
+        )
     with pytest.raises(Exception, match="root"):
         evaluate(cfg)
