@@ -38,7 +38,6 @@ class Stage:
     name: str
     trainable: Sequence[str]
     lr: float
-    weight_decay: float
     warmup_steps: int
     clip: ClipStreamSpec | None = None
     sam: SamStreamSpec | None = None
