@@ -134,6 +134,8 @@ class Tracker:
             self.bar.close()
         if self.wandb is not None:
             self.wandb.close()
+        if self.enabled and self.path.is_file():
+            plot_curves(read_metrics(self.path), self.path.with_name("curves.png"), title=self.stage)
 
 
 def _truncate_after(path: Path, step: int) -> None:
@@ -150,3 +152,30 @@ def _truncate_after(path: Path, step: int) -> None:
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+CURVES = (("loss", "total loss"), ("loss_clip", "L_clip"), ("loss_sam", "L_sam"), ("grad_norm", "grad norm"))
+
+
+def plot_curves(metrics: list[dict[str, Any]], path: str | Path, title: str) -> None:
+    """One panel per logged curve (losses, grad norm) against the step, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a display
+    import matplotlib.pyplot as plt
+
+    panels = [(key, label) for key, label in CURVES if any(m.get(key) is not None for m in metrics)]
+    if not panels:
+        return
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
+    for axis, (key, label) in zip(axes[0], panels, strict=True):
+        points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+        steps, values = zip(*points, strict=True)
+        axis.plot(steps, values, marker="." if len(points) < 50 else None)
+        axis.set_title(label)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

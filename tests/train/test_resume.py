@@ -73,6 +73,8 @@ def _train_cmd(run_dir: Path, *overrides: str) -> list[str]:
         "stages=[head_probe,multitask]",
         "stage.head_probe.schedule_steps=1",
         "stage.head_probe.warmup_steps=1",
+        "stage.multitask.schedule_steps=5",
+        "stage.multitask.stop_step=4",
         "checkpoint.every_steps=1",
         "checkpoint.keep_last=3",
         *overrides,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from samclip.models.final_checkpoint import load_final_checkpoint
 from samclip.models.teachers import ClipTeacher
@@ -35,7 +36,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_smoke_runs_all_three_stages(smoke_run: Path) -> None:
-    expected_steps = {"head_probe": 6, "multitask": 4, "res_adapt": 3}  # configs/experiment/smoke.yaml
+    expected_steps = {"head_probe": 12, "multitask": 8, "res_adapt": 6}  # configs/experiment/smoke.yaml
     for stage in STAGES:
         final = load_final_checkpoint(smoke_run / stage / "final.pt")
         assert (final.stage, final.step) == (stage, expected_steps[stage])
@@ -61,6 +62,11 @@ def test_smoke_runs_all_three_stages(smoke_run: Path) -> None:
             assert any(key.startswith("lr/") for key in line)
         has_sam = stage == "multitask"
         assert all((m["loss_sam"] is not None) == has_sam for m in metrics)
+        with Image.open(smoke_run / stage / "curves.png") as curves:  # the curves, drawn for people
+            assert curves.format == "PNG" and curves.width > 3 * curves.height
+    # Head probing learns: the CLIP head moves toward the teacher over its 12 steps.
+    head_probe_metrics = read_metrics(smoke_run / "head_probe" / "metrics.jsonl")
+    assert head_probe_metrics[-1]["loss_clip"] < 0.8 * head_probe_metrics[0]["loss_clip"]
     teacher = ClipTeacher("samclip-tiny-clip", str(smoke_run / "teachers" / "clip_tiny.pt"))
     assert teacher.embed_dim == 32
     # Stages chain: multitask starts from head_probe's CLIP head, and changes the backbone; res_adapt does not.
