@@ -7,13 +7,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from samclip.data.batches import ClipBatch
 from samclip.data.images import decode_image, image_bytes, to_tensor
 from samclip.data.resolution import VariableResolutionSchedule
 from samclip.data.shards import count_samples, expand_urls
-from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream
+from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream, epoch_length
 
 CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -63,13 +64,12 @@ def clip_train_transform(
 
 
 def clip_eval_transform(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Shorter side to ``resolution`` (bicubic), centre crop: CLIP's eval preprocess, with torchvision's rounding."""
-    short, long = sorted((image.width, image.height))
-    new_long = int(resolution * long / short)
-    w, h = (resolution, new_long) if image.width <= image.height else (new_long, resolution)
-    image = image.resize((w, h), Image.Resampling.BICUBIC)
-    left, top = round((w - resolution) / 2.0), round((h - resolution) / 2.0)
-    return to_tensor(image.crop((left, top, left + resolution, top + resolution)))
+    """Shorter side to ``resolution`` (bicubic), centre crop: CLIP's eval preprocess; [3, R, R] in [0, 1].
+
+    The model normalises its input itself, so unlike open_clip's transform this stops before ``Normalize``.
+    """
+    resized = TF.resize(image, resolution, interpolation=TF.InterpolationMode.BICUBIC)
+    return to_tensor(TF.center_crop(resized, resolution))
 
 
 def decode_clip_sample(raw: dict) -> tuple[str, Image.Image]:
@@ -156,16 +156,13 @@ class ClipStream(ShardedStream[ClipBatch]):
         self.schedule = VariableResolutionSchedule(
             resolutions, base_batch_size, base_resolution, seed, world_size
         )
-        if steps_per_epoch is None and (num_samples is not None or not resampled):
-            if num_samples is None:
-                num_samples = sum(count_samples(s, desc="counting D_CLIP samples") for s in sources)
-            steps_per_epoch = int(num_samples // self.schedule.mean_global_batch_size)
-            if steps_per_epoch < 1:
-                raise ValueError(
-                    f"num_samples={num_samples} is less than one mean global batch "
-                    f"({self.schedule.mean_global_batch_size:g}); lower base_batch_size"
-                )
-        self.num_samples = num_samples
+        steps_per_epoch, self.num_samples = epoch_length(
+            steps_per_epoch,
+            num_samples,
+            resampled,
+            self.schedule.mean_global_batch_size,
+            lambda: sum(count_samples(s, desc="counting D_CLIP samples") for s in sources),
+        )
         scale = (float(crop_scale[0]), float(crop_scale[1]))
         super().__init__(
             ClipBatchBuilder(self.schedule, probabilities, train, scale),

@@ -23,7 +23,7 @@ from samclip.data.sa1b import (
     parse_annotation_file,
 )
 from samclip.data.shards import count_samples, expand_urls
-from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream
+from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream, epoch_length
 from samclip.models.preprocess import SAM_PAD_VALUE, pad_to_square, resized_longest_side_shape
 from samclip.models.prompts import SamPrompts
 
@@ -184,17 +184,13 @@ class SamStream(ShardedStream[SamBatch]):
         shards = expand_urls(urls)
         ids = read_manifest(manifest) if manifest is not None else None
         batch_size = per_rank_batch_size(global_batch_size, world_size)
-        if steps_per_epoch is None and (num_samples is not None or not resampled):
-            if num_samples is None:
-                num_samples = (
-                    len(ids) if ids is not None else count_samples(shards, desc="counting SA-1B images")
-                )
-            steps_per_epoch = num_samples // global_batch_size
-            if steps_per_epoch < 1:
-                raise ValueError(
-                    f"num_samples={num_samples} is less than one global batch ({global_batch_size})"
-                )
-        self.num_samples = num_samples
+        steps_per_epoch, self.num_samples = epoch_length(
+            steps_per_epoch,
+            num_samples,
+            resampled,
+            global_batch_size,
+            lambda: len(ids) if ids is not None else count_samples(shards, desc="counting SA-1B images"),
+        )
         sampling = SamSampling(
             image_size,
             masks_per_image,

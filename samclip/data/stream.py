@@ -132,6 +132,31 @@ class _EpochWorkers(IterableDataset):
             step += plan.num_workers
 
 
+def epoch_length(
+    steps_per_epoch: int | None,
+    num_samples: int | None,
+    resampled: bool,
+    global_batch_size: float,
+    count_samples: Callable[[], int],
+) -> tuple[int | None, int | None]:
+    """(steps_per_epoch, num_samples): ``steps_per_epoch`` as given, else ``num_samples`` over the global
+    batch, with ``count_samples()`` (a pass over the tar headers) only when the epoch needs the count.
+
+    Resampled mode with neither set has no epochs: (None, None).
+    """
+    if steps_per_epoch is not None or (num_samples is None and resampled):
+        return steps_per_epoch, num_samples
+    if num_samples is None:
+        num_samples = count_samples()
+    steps_per_epoch = int(num_samples // global_batch_size)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"num_samples={num_samples} is less than one global batch ({global_batch_size:g}); "
+            "lower the batch size"
+        )
+    return steps_per_epoch, num_samples
+
+
 class ShardedStream(Generic[BatchT]):
     """Iterate to get this rank's batches of the current epoch (epoch mode) or forever (resampled mode
     without ``steps_per_epoch``). Counts of skipped samples are in ``skipped`` (keys ``skipped/<kind>``)."""

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision import transforms
+
+from samclip.data.clip_stream import clip_eval_transform
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
 
 
-def classification_transform(resolution: int) -> transforms.Compose:
-    """CLIP's evaluation transform (bicubic resize of the short side, center crop) to float [0, 1].
-
-    The model normalises itself, so unlike open_clip's transform this one stops before ``Normalize``.
-    """
-    return transforms.Compose(
-        [
-            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(resolution),
-            transforms.Lambda(lambda image: image.convert("RGB")),
-            transforms.ToTensor(),
-        ]
-    )
+def classification_transform(resolution: int) -> Callable[[Image.Image], torch.Tensor]:
+    """CLIP's evaluation transform of an RGB image (``ClipStream``'s with ``train=False``) to float [0, 1]."""
+    return functools.partial(clip_eval_transform, resolution=resolution)
 
 
 def to_uint8_array(image: ImageLike) -> np.ndarray:

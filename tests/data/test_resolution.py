@@ -64,3 +64,14 @@ def test_two_ranks_see_the_same_resolution_sequence(synth) -> None:
     assert len({r for r, _ in expected}) > 1
     # Different ranks draw different samples for the same step.
     assert not set(batches[0][0].keys) & set(batches[1][0].keys)
+
+
+def test_epoch_length_is_samples_over_the_mean_global_batch(synth) -> None:
+    # 8 at 32 px, int(8 * (32/48)^2) = 3 at 48 px: 5.5 samples per step; the synthetic D_CLIP has 48.
+    clip = ClipStream(synth.clip_pattern, resolutions=[32, 48], base_batch_size=8, base_resolution=32)
+    assert (clip.steps_per_epoch, clip.num_samples) == (48 // 5.5, 48)
+    assert ClipStream(synth.clip_pattern, resampled=True).steps_per_epoch is None
+    with pytest.raises(ValueError, match=r"num_samples=4 is less than one global batch \(5.5\)"):
+        ClipStream(
+            synth.clip_pattern, resolutions=[32, 48], base_batch_size=8, base_resolution=32, num_samples=4
+        )
