@@ -92,7 +92,7 @@ class MergedSamClip(nn.Module):
         self.model = model.eval()
         self.text = text
         self.clip_teacher = clip_teacher
-        self._classifiers: dict[tuple[tuple[str, ...], int], torch.Tensor] = {}
+        self._classifiers: dict[tuple[tuple[str, ...], tuple[Template, ...]], torch.Tensor] = {}
 
     @property
     def config(self) -> SamClipConfig:
@@ -114,7 +114,8 @@ class MergedSamClip(nn.Module):
         self, labels: Sequence[str], templates: Sequence[Template] = OPENAI_TEMPLATES
     ) -> torch.Tensor:
         """[D, C] zero-shot classifier from the 80 OpenAI templates (cached per label list)."""
-        key = (tuple(labels), id(templates))
+        # Keyed by the templates themselves: an id() could be reused by another list once this one is freed.
+        key = (tuple(labels), tuple(templates))
         if key not in self._classifiers:
             self._classifiers[key] = build_text_classifier(
                 self.text, self.text.tokenizer, labels, templates, device=self.text.device

@@ -77,9 +77,9 @@ def evaluate_wiseft(
         raise ValueError("wiseft needs at least one task under eval.tasks")
     one = {key: value.detach().cpu() for key, value in model.model.state_dict().items()}
     zero = endpoint_state_dict(checkpoint_a, model.model)
+    point = copy.deepcopy(model)  # one copy reloaded per α; the text tower and its classifiers are shared
     points = []
     for alpha in alphas:
-        point = copy.deepcopy(model)
         point.model.load_state_dict(interpolate_state_dicts(zero, one, float(alpha)), strict=True)
         row: dict[str, Any] = {"alpha": float(alpha)}
         for name, task in tasks.items():
@@ -90,5 +90,4 @@ def evaluate_wiseft(
                 {f"{name}/{key}": value for key, value in results.items() if isinstance(value, int | float)}
             )
         points.append(row)
-        del point
     return {"checkpoint_a": str(checkpoint_a), "points": points}

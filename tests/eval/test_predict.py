@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from samclip.eval.visualize import class_palette, colorize, overlay
 from samclip.predict import main, parse_numbers
 
 
@@ -17,15 +18,19 @@ def image_file(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["clip", "composed"])
-def test_semantic_overlay_has_the_input_size_and_a_legend(final_checkpoint, image_file, tmp_path, mode):
+def test_semantic_overlay_is_the_models_label_map(final_checkpoint, merged, image_file, tmp_path, mode):
     out = tmp_path / f"{mode}.png"
     main([str(image_file), "--checkpoint", str(final_checkpoint), "--labels", "dog,horse,person", "--mode", mode,
           "--threshold", "0.2", "--out", str(out)])  # fmt: skip
     result = np.asarray(Image.open(out))
-    assert result.shape == (90, 130, 3)
-    # The legend box sits in the top-left corner over a darkened background; the rest is the overlay.
-    original = np.asarray(Image.open(image_file)).astype(int)
-    assert not np.array_equal(result, original)
+    original = np.asarray(Image.open(image_file))
+    assert result.shape == original.shape
+    labels = ["dog", "horse", "person"]
+    label_map = merged.semantic_segment(original, labels, mode=mode, threshold=0.2).label_map.numpy()
+    expected = overlay(original, colorize(label_map, class_palette(len(labels) + 1)[1:]))
+    # The legend covers part of the top-left corner; below it the picture is the label map's overlay.
+    assert np.array_equal(result[60:], expected[60:])
+    assert not np.array_equal(result[:60], expected[:60])
 
 
 def test_point_and_box_masks(final_checkpoint, merged, image_file, tmp_path):

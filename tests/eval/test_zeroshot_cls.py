@@ -118,30 +118,23 @@ def test_the_clip_teacher_itself(classifier, clip_tower_file, tmp_path):
     teacher_file = tmp_path / "teacher.pt"
     torch.save(teacher.state_dict(), teacher_file)
     root = write_image_folder(tmp_path / "data", CLASSNAMES, COLORS)
-    results = evaluate_zeroshot_cls(
-        None,
-        tmp_path / "run",
-        layout="imagefolder",
-        root=str(root),
-        classnames=None,
-        encoder="teacher",
-        teacher_model=CLIP_NAME,
-        teacher_pretrained=str(teacher_file),
-        num_workers=0,
-    )
+
+    def evaluate_teacher(pretrained: Path) -> dict:
+        return evaluate_zeroshot_cls(
+            None,
+            tmp_path / "run",
+            layout="imagefolder",
+            root=str(root),
+            classnames=None,
+            encoder="teacher",
+            teacher_model=CLIP_NAME,
+            teacher_pretrained=str(pretrained),
+            num_workers=0,
+        )
+
+    results = evaluate_teacher(teacher_file)
     assert results[f"top1@{size}"] == 100.0 and results["encoder"] == f"clip_teacher:{CLIP_NAME}"
-    original = evaluate_zeroshot_cls(
-        None,
-        tmp_path / "run",
-        layout="imagefolder",
-        root=str(root),
-        classnames=None,
-        encoder="teacher",
-        teacher_model=CLIP_NAME,
-        teacher_pretrained=str(clip_tower_file),
-        num_workers=0,
-    )
-    assert original[f"top1@{size}"] < 100.0
+    assert evaluate_teacher(clip_tower_file)[f"top1@{size}"] < 100.0
 
 
 def test_merged_classify_uses_the_same_classifier(classifying_checkpoints):
