@@ -5,14 +5,12 @@ Both the trainer (which writes it) and evaluation/export (which read it) go thro
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from samclip.models.checkpoint_files import atomic_torch_save, read_torch_file
 from samclip.models.config import SamClipConfig
 from samclip.models.factory import create_model_from_config
 from samclip.models.samclip_model import SamClipModel
@@ -42,22 +40,6 @@ class FinalCheckpoint:
         return model
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_final_checkpoint(
     path: str | Path, model: SamClipModel, clip_teacher: ClipTeacherSpec, stage: str, step: int
 ) -> None:
@@ -76,13 +58,7 @@ def save_final_checkpoint(
 
 
 def load_final_checkpoint(path: str | Path) -> FinalCheckpoint:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"checkpoint {path} is not a readable PyTorch checkpoint: {error}") from error
+    raw = read_torch_file(path, "checkpoint")
     missing = [
         key
         for key in ("model", "model_config", "clip_teacher")

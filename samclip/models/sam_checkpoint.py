@@ -9,6 +9,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, Sam
 from timm.models.vision_transformer_sam import checkpoint_filter_fn
 
+from samclip.models.checkpoint_files import read_torch_file
 from samclip.models.config import SamClipConfig
 from samclip.models.preprocess import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from samclip.models.sam_head import build_mask_decoder, build_prompt_encoder
@@ -42,13 +43,7 @@ def build_official_sam(config: SamClipConfig) -> Sam:
 
 def read_sam_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Load an official SAM checkpoint's state dict onto the CPU, with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SAM checkpoint {path} does not exist")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"SAM checkpoint {path} is not a readable PyTorch checkpoint: {error}") from error
+    state_dict = read_torch_file(path, "SAM checkpoint")
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(
             f"SAM checkpoint {path} is not a flat state dict of tensors (the official SAM layout)"
