@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -39,6 +41,11 @@ def test_final_checkpoint_rebuilds_the_same_model(tmp_path):
     spec = ClipTeacherSpec("samclip-tiny-clip", str(tmp_path / "clip.pt"))
     save_final_checkpoint(tmp_path / "head_probe" / "final.pt", model, spec, stage="head_probe", step=7)
     assert [p.name for p in (tmp_path / "head_probe").iterdir()] == ["final.pt"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (
+        tmp_path / "head_probe" / "final.pt"
+    ).stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     loaded = load_final_checkpoint(tmp_path / "head_probe" / "final.pt")
     assert (loaded.clip_teacher, loaded.stage, loaded.step) == (spec, "head_probe", 7)
     rebuilt = loaded.build_model().eval()
