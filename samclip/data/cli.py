@@ -32,6 +32,36 @@ def _sa1b_manifest(args: argparse.Namespace) -> None:
     )
 
 
+def _preview(args: argparse.Namespace) -> None:
+    from samclip.data.clip_stream import ClipStream
+    from samclip.data.preview import save_clip_preview, save_sam_preview
+    from samclip.data.sam_stream import SamStream
+
+    common = dict(seed=args.seed, num_workers=0, resampled=True, steps_per_epoch=1)
+    if args.stream == "sam":
+        stream = SamStream(
+            args.urls,
+            global_batch_size=args.num_images,
+            image_size=args.resolution or 1024,
+            masks_per_image=args.masks_per_image,
+            max_points=args.max_points,
+            return_gt_masks=True,
+            **common,
+        )
+        path = save_sam_preview(next(iter(stream)), args.out)
+    else:
+        resolution = args.resolution or 224
+        stream = ClipStream(
+            args.urls,
+            resolutions=[resolution],
+            base_batch_size=args.num_images,
+            base_resolution=resolution,
+            **common,
+        )
+        path = save_clip_preview(next(iter(stream)), args.out)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="samclip-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +84,19 @@ def main(argv: list[str] | None = None) -> None:
     manifest.add_argument("--val-fraction", type=float, default=0.01, help="fraction of the subset held out")
     manifest.add_argument("--seed", type=int, default=0)
     manifest.set_defaults(func=_sa1b_manifest)
+
+    preview = commands.add_parser(
+        "preview", help="a PNG of one batch as the trainer sees it (SAM: masks, boxes, points drawn)"
+    )
+    preview.add_argument("stream", choices=["sam", "clip"])
+    preview.add_argument("urls", nargs="+", help="shards or directories (brace patterns allowed)")
+    preview.add_argument("--out", required=True, help="PNG to write")
+    preview.add_argument("--num-images", type=int, default=4)
+    preview.add_argument("--resolution", type=int, default=None, help="SAM frame (1024) or CLIP crop (224)")
+    preview.add_argument("--masks-per-image", type=int, default=32)
+    preview.add_argument("--max-points", type=int, default=1)
+    preview.add_argument("--seed", type=int, default=0)
+    preview.set_defaults(func=_preview)
 
     args = parser.parse_args(argv)
     try:

@@ -33,10 +33,10 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
     """A brace pattern or a list of paths/patterns/``pipe:`` URLs -> the flat shard list.
 
     Local shards must exist: a missing file in a shard list is a configuration error, reported with its
-    path, not a bad sample.
+    path, not a bad sample. A local folder that holds tars (and no loose samples) stands for its tars.
     """
     items = [urls] if isinstance(urls, str) else [str(u) for u in urls]
-    expanded = [u for item in items for u in braceexpand.braceexpand(item)]
+    expanded = [t for item in items for u in braceexpand.braceexpand(item) for t in _tars_of_folder(u)]
     if not expanded:
         raise ValueError(f"shard list {urls!r} is empty")
     missing = [u for u in expanded if is_local(u) and not os.path.exists(u)]
@@ -45,6 +45,18 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
             f"shard list {urls!r}: {len(missing)} of {len(expanded)} shards not found, e.g. {missing[0]}"
         )
     return expanded
+
+
+def _tars_of_folder(url: str) -> list[str]:
+    """``[url]``, or the sorted tars inside ``url`` when it is a folder of tars rather than of samples."""
+    if not (is_local(url) and os.path.isdir(url)):
+        return [url]
+    names = sorted(os.listdir(url))
+    tars = [os.path.join(url, n) for n in names if n.endswith(".tar")]
+    loose = [
+        n for n in names if not n.endswith(".tar") and _split_name(n)[1] in {"jpg", "jpeg", "png", "webp"}
+    ]
+    return tars if tars and not loose else [url]
 
 
 @dataclass(frozen=True)
