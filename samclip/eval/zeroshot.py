@@ -42,9 +42,18 @@ def build_text_classifier(
     )
 
 
+class ClassPrompt(NamedTuple):
+    """What the composed mode gave the SAM head for one class (``SamPredictor.predict`` arguments)."""
+
+    class_index: int
+    points: torch.Tensor  # [P, 2] float64 (x, y) in the input image's pixels, all foreground
+    mask_input: torch.Tensor  # [1, 4g, 4g] coarse mask as low-res log-odds (g: the backbone's grid)
+
+
 class SemanticPrediction(NamedTuple):
     label_map: torch.Tensor  # [H, W] long: index into the class list, at the input image's size
     clip_logits: torch.Tensor  # [C, H, W] cosine similarities of the CLIP head's patches, upsampled
+    prompts: tuple[ClassPrompt, ...] = ()  # composed mode: the SAM head's prompts, in class order
 
 
 def patch_cosine(patch_embeds: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
@@ -85,7 +94,8 @@ def segment_with_both_heads(
     (weighted by probability, from ``generator``) where it does, plus its probability map as the coarse
     mask (log-odds at the prompt encoder's low-res size). Each pixel takes the prompted class with the
     highest SAM logit. Pixels no SAM mask claims (all logits <= 0) take ``background_index`` when the
-    class list has a background (it is never prompted), else the CLIP head's own argmax.
+    class list has a background (it is never prompted), else the CLIP head's own argmax. The prediction
+    records each prompted class's points and coarse mask, so the SAM head's part can be replayed elsewhere.
     """
     embedding = model.embed_image(image)
     frame = model.config.image_size
@@ -100,30 +110,31 @@ def segment_with_both_heads(
     coarse = F.interpolate(probs[None], size=(low_res, low_res), mode="bilinear", align_corners=False)[0]
     coarse = torch.logit(coarse.clamp(1e-6, 1 - 1e-6)).clamp(-MASK_INPUT_CLAMP, MASK_INPUT_CLAMP)
 
-    prompted, sam_logits = [], []
+    prompts, sam_logits = [], []
     for class_index in range(classifier.shape[1]):
         if class_index == background_index:
             continue
         points = _sample_points(full_probs[class_index], threshold, num_points, generator)
         if points is None:
             continue
+        prompt = ClassPrompt(class_index, points, coarse[class_index][None])
         result = model.segment(
             embedding,
-            points=points.cpu().numpy(),
-            point_labels=np.ones(len(points), dtype=np.int64),
-            mask_input=coarse[class_index][None, None],
+            points=prompt.points.cpu().numpy(),
+            point_labels=np.ones(len(prompt.points), dtype=np.int64),
+            mask_input=prompt.mask_input[None],
         )
         logits = upscale_mask_logits(result.logits, frame, embedding.input_size, embedding.original_size)
-        prompted.append(class_index)
+        prompts.append(prompt)
         sam_logits.append(logits[0, 0])
     fallback = torch.full_like(clip_labels, background_index) if background_index is not None else clip_labels
-    if not prompted:
+    if not prompts:
         return SemanticPrediction(label_map=fallback, clip_logits=full_cosine)
     stacked = torch.stack(sam_logits)
     best, best_index = stacked.max(0)
-    labels = torch.as_tensor(prompted, device=best_index.device)[best_index]
+    labels = torch.as_tensor([p.class_index for p in prompts], device=best_index.device)[best_index]
     label_map = torch.where(best > 0, labels, fallback)
-    return SemanticPrediction(label_map=label_map, clip_logits=full_cosine)
+    return SemanticPrediction(label_map=label_map, clip_logits=full_cosine, prompts=tuple(prompts))
 
 
 def _sample_points(
