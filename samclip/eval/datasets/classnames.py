@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -61,3 +63,23 @@ COCO_STUFF_CLASSES = (
 
 assert len(VOC_CLASSES) == 21 and len(CONTEXT_CLASSES) == 60
 assert len(ADE20K_CLASSES) == 150 and len(COCO_STUFF_CLASSES) == 171
+
+
+# COCO panoptic names carry dataset-merging tags ("wall-other-merged", "door-stuff") that mean nothing to a
+# text encoder; prompts use the plain words.
+_PANOPTIC_TAGS = ("-merged", "-other", "-stuff")
+
+
+def coco_panoptic_prompt_names(names: Sequence[str]) -> tuple[str, ...]:
+    """COCO panoptic category names as text prompts: "sky-other-merged" -> "sky", "wall-brick" -> "wall brick".
+
+    A name whose plain form collides with another category's keeps its json spelling, so names stay unique.
+    """
+    plain = [_strip_panoptic_tags(name) for name in names]
+    return tuple(short if plain.count(short) == 1 else name for name, short in zip(names, plain, strict=True))
+
+
+def _strip_panoptic_tags(name: str) -> str:
+    for tag in _PANOPTIC_TAGS:
+        name = name.replace(tag, "")
+    return name.replace("-", " ").strip()
