@@ -14,7 +14,7 @@ size for the loss and to the original image size for evaluation.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ DECAYS = ("poly", "cosine")
 POLY_POWER = 0.9  # mmsegmentation's poly schedule
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # features [B, C, h, w] on the device, labels [B, R, R] long
+Batches = Generator[Batch, None, None]
 
 
 def evaluate_seg_probe(
@@ -101,9 +102,12 @@ def evaluate_seg_probe(
         else:
             loader = _train_loader(train_set, resolution, scale_range, flip, batch_size, num_workers, seed)
             batches = _streamed_batches(backbone, loader, features, target_device)
-        final_loss = train_head(
-            probe, batches, iterations=iterations, lr=lr, weight_decay=weight_decay, decay=decay
-        )
+        try:
+            final_loss = train_head(
+                probe, batches, iterations=iterations, lr=lr, weight_decay=weight_decay, decay=decay
+            )
+        finally:
+            batches.close()  # ends the DataLoader's workers now rather than at garbage collection
         confusion = _evaluate(
             backbone, probe, val_set, features, resolution, Path(run_dir), num_visualize, save_predictions
         )
@@ -258,7 +262,7 @@ def _train_loader(
 
 def _streamed_batches(
     backbone: SamClipModel, loader: DataLoader, features: str, device: torch.device
-) -> Iterator[Batch]:
+) -> Batches:
     while True:
         for images, labels in loader:
             yield extract_features(backbone, images.to(device), features), labels.to(device)
@@ -271,7 +275,7 @@ def _cached_batches(
     resolution: int,
     batch_size: int,
     seed: int,
-) -> Iterator[Batch]:
+) -> Batches:
     """Features of every training image computed once (fixed resize, no augmentation), then sampled."""
     device = next(backbone.parameters()).device
     cached, labels = [], []

@@ -18,6 +18,8 @@ from samclip.eval.metrics import IGNORE_INDEX, ConfusionMatrix
 from samclip.eval.seg_heads import HEADS, build_head
 from samclip.eval.seg_probe import augment, evaluate_seg_probe
 from samclip.evaluate import main
+from samclip.models import get_model_config
+from samclip.models.sam_checkpoint import build_official_sam
 
 RED = np.array([220, 20, 20], dtype=np.uint8)
 GRID = 16  # the patch size: regions on the token grid make the right answer reachable by a per-token head
@@ -160,7 +162,9 @@ def test_each_head_runs_through_the_cli(final_checkpoint, red_box_voc, tmp_path,
 
 
 def test_neck_features_and_argument_errors(merged, red_box_voc, tmp_path):
-    results = _probe(merged, red_box_voc, tmp_path, features="neck", iterations=2, resolution=64)
+    # The streamed path: augmented crops from a worker process.
+    streamed = dict(cache_features=False, scale_range=(0.5, 2.0), flip=True, num_workers=1)
+    results = _probe(merged, red_box_voc, tmp_path, features="neck", iterations=2, resolution=64, **streamed)
     assert results["features"] == "neck"
     for bad, match in (
         ({"head": "fcn"}, "unknown head"),
@@ -174,3 +178,17 @@ def test_neck_features_and_argument_errors(merged, red_box_voc, tmp_path):
             _probe(merged, red_box_voc, tmp_path, **bad)
     with pytest.raises(ValueError, match="checkpoint"):
         _probe(None, red_box_voc, tmp_path)
+
+
+def test_sam_baseline_probes_the_official_checkpoints_backbone(red_box_voc, tmp_path):
+    """Table 3's SAM row: ``encoder=sam`` needs no SAM-CLIP checkpoint, only an official SAM file."""
+    torch.manual_seed(0)
+    sam_file = tmp_path / "sam_tiny.pth"
+    torch.save(build_official_sam(get_model_config("samclip_tiny")).state_dict(), sam_file)
+    results = _probe(
+        None, red_box_voc, tmp_path, encoder="sam", sam_model="samclip_tiny", sam_checkpoint=str(sam_file),
+        iterations=2, resolution=64,
+    )  # fmt: skip
+    assert results["encoder"] == "sam" and 0.0 <= results["mIoU"] <= 100.0
+    with pytest.raises(ValueError, match="sam_checkpoint"):
+        _probe(None, red_box_voc, tmp_path, encoder="sam")
