@@ -28,6 +28,12 @@ def test_all_paper_tasks_have_a_config():
         "instseg_lvis",
         "semseg_voc",
         "semseg_ade",
+        "semseg_context",
+        "semseg_cocostuff",
+        "semseg_cocopanoptic",
+        "seg_probe_voc",
+        "seg_probe_ade",
+        "linear_probe",
         "wiseft",
     } <= set(TASKS)
 
