@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from samclip.checkpoint import Checkpointer
+from samclip.checkpoint import Checkpointer, StageState
 from samclip.data.batches import ClipBatch, SamBatch
 from samclip.distributed import DistEnv
-from samclip.loop import LoopOptions, StageState, train_stage
+from samclip.loop import LoopOptions, train_stage
 from samclip.losses import cosine_distillation_loss, mask_distillation_loss
 from samclip.models import SamPrompts, create_model
 from samclip.models.teachers import ClipTeacher, SamTeacher

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from samclip.checkpoint import Checkpointer
 from samclip.data import VariableResolutionSchedule
 from samclip.distributed import DistEnv
+from samclip.loop import LoopOptions
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import ClipTeacherSpec
 from samclip.optim import build_optimizer, set_trainable
@@ -35,8 +36,9 @@ def build_stage(cfg: DictConfig, name: str) -> Stage:
     return instantiate(cfg.stage[name])
 
 
-def stage_dir(run_dir: Path, stage: str) -> Path:
-    return run_dir / stage
+def final_path(run_dir: Path, stage: str) -> Path:
+    """A stage's weights once it is done; the next stage starts from them."""
+    return run_dir / stage / FINAL_NAME
 
 
 def init_source(cfg: DictConfig, stages: list[Stage], index: int, run_dir: Path) -> Path | None:
@@ -46,7 +48,7 @@ def init_source(cfg: DictConfig, stages: list[Stage], index: int, run_dir: Path)
     stage = stages[index]
     if stage.previous is None:
         return None
-    return stage_dir(run_dir, stage.previous) / FINAL_NAME
+    return final_path(run_dir, stage.previous)
 
 
 def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
@@ -54,7 +56,7 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
     if not cfg.stages:
         raise ValueError("stages: the list of stages to run is empty")
     stages = [build_stage(cfg, name) for name in cfg.stages]
-    micro_batch_sizes(cfg)
+    loop_options(cfg, env.device)  # micro-batch sizes and precision
     with torch.device("meta"):
         model = build_model(cfg, from_sam_checkpoint=False)
     weights = {"clip": float(cfg.loss.clip_weight), "sam": float(cfg.loss.sam_weight)}
@@ -86,8 +88,10 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
                 f"{model.config.image_size} (model {cfg.model.name})"
             )
     for index, stage in enumerate(stages):
-        here = stage_dir(run_dir, stage.name)
-        if (here / FINAL_NAME).is_file() or Checkpointer(here / "checkpoints", 0).latest() is not None:
+        if (
+            final_path(run_dir, stage.name).is_file()
+            or build_checkpointer(cfg, run_dir / stage.name).latest()
+        ):
             continue  # done or resumable: its starting point no longer matters
         source = init_source(cfg, stages, index, run_dir)
         produced_earlier = any(s.name == stage.previous for s in stages[:index])
@@ -210,6 +214,17 @@ def build_tracker(
         start_step=start_step,
         wandb=wandb,
         progress=cfg.logger.progress,
+    )
+
+
+def loop_options(cfg: DictConfig, device: torch.device) -> LoopOptions:
+    clip_micro, sam_micro = micro_batch_sizes(cfg)
+    return LoopOptions(
+        clip_micro_batch_size=clip_micro,
+        sam_micro_batch_size=sam_micro,
+        max_grad_norm=cfg.trainer.max_grad_norm,
+        max_consecutive_nonfinite=cfg.trainer.max_consecutive_nonfinite,
+        autocast_dtype=autocast_dtype(cfg, device),
     )
 
 

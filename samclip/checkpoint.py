@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,20 @@ from samclip.distributed import DistEnv, all_gather_object, barrier
 from samclip.models.final_checkpoint import atomic_torch_save
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+@dataclass
+class LoopCounters:
+    skipped_steps: int = 0
+    consecutive_nonfinite: int = 0
+
+
+@dataclass
+class StageState:
+    """What the loop mutates besides the modules, optimizer and streams; saved in every checkpoint."""
+
+    step: int = 0
+    counters: LoopCounters = field(default_factory=LoopCounters)
 
 
 class Checkpointer:
@@ -93,7 +107,7 @@ def training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     streams: Mapping[str, Any],
-    loop_state: Any,
+    loop_state: StageState,
     *,
     stage: str,
     env: DistEnv,
@@ -120,19 +134,19 @@ def training_state(
 
 
 def restore_training_state(
-    checkpoint: Mapping[str, Any],
+    path: str | Path,
     student: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     streams: Mapping[str, Any],
     *,
     env: DistEnv,
-    source: str,
-) -> tuple[int, dict[str, int]]:
-    """Load a training checkpoint into live objects; returns (step, counters)."""
+) -> StageState:
+    """Load the training checkpoint at ``path`` into live objects and this rank's RNG; returns the loop state."""
+    checkpoint = load_training_checkpoint(path)
     if checkpoint.get("world_size") != env.world_size:
         raise ValueError(
-            f"checkpoint {source} was written by {checkpoint.get('world_size')} ranks but this run has "
+            f"checkpoint {path} was written by {checkpoint.get('world_size')} ranks but this run has "
             f"{env.world_size}: the per-rank data-stream states cannot be mapped"
         )
     student.load_state_dict(checkpoint["student"], strict=True)
@@ -141,4 +155,4 @@ def restore_training_state(
     for name, stream in streams.items():
         stream.load_state_dict(checkpoint["data"][env.rank][name])
     set_rng_state(checkpoint["rng"][env.rank])
-    return int(checkpoint["step"]), dict(checkpoint["counters"])
+    return StageState(int(checkpoint["step"]), LoopCounters(**checkpoint["counters"]))

@@ -40,6 +40,9 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device not in ("auto", "cuda", "cpu"):
+        # "cuda:0" would put every local rank on the same GPU; the rank's GPU comes from LOCAL_RANK.
+        raise ValueError(f"trainer.device must be auto, cuda or cpu, got {device!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":

@@ -1,50 +1,34 @@
-"""The training loop: one function for every stage. Logging, hooks and checkpoints each decide when they act."""
+"""The training loop: one function for every stage. Logging and checkpoints each decide when they act."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from samclip.checkpoint import Checkpointer, training_state
+from samclip.checkpoint import Checkpointer, StageState, training_state
 from samclip.data.bad_samples import SKIP_KINDS
 from samclip.distributed import DistEnv, all_reduce_sum
-from samclip.step import forward_backward
+from samclip.step import StepLosses, forward_backward
 from samclip.task import DistillationTask
 from samclip.tracking import Tracker
-
-StepHook = Callable[[int, nn.Module], None]  # called after every step; acts when it chooses to
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-@dataclass
-class LoopCounters:
-    skipped_steps: int = 0
-    consecutive_nonfinite: int = 0
-
-
 @dataclass(frozen=True)
 class LoopOptions:
     clip_micro_batch_size: int
     sam_micro_batch_size: int
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still logged and checked)
     max_consecutive_nonfinite: int = 5
     autocast_dtype: torch.dtype | None = None
-
-
-@dataclass
-class StageState:
-    """Everything the loop mutates, besides the model and optimizer."""
-
-    step: int
-    counters: LoopCounters = field(default_factory=LoopCounters)
 
 
 def train_stage(
@@ -62,10 +46,10 @@ def train_stage(
     tracker: Tracker,
     checkpointer: Checkpointer,
     extra_state: Mapping[str, Any] | None = None,
-    hooks: Sequence[StepHook] = (),
 ) -> StageState:
     """Run optimizer steps ``state.step + 1 .. last_step``; ``student`` is the (possibly DDP-wrapped) trainee."""
     params = [p for p in task.student.parameters() if p.requires_grad]
+    max_norm = options.max_grad_norm or math.inf
     batches = {name: _forever(stream) for name, stream in streams.items()}
     task.train()
     while state.step < last_step:
@@ -82,64 +66,75 @@ def train_stage(
             env=env,
             autocast_dtype=options.autocast_dtype,
         )
-        max_norm = options.max_grad_norm if options.max_grad_norm else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
         # Gradients are all-reduced, so every rank sees the same norm and takes the same branch.
         if math.isfinite(losses.total) and math.isfinite(grad_norm):
             optimizer.step()
             state.counters.consecutive_nonfinite = 0
         else:
-            optimizer.zero_grad(set_to_none=True)
-            state.counters.skipped_steps += 1
-            state.counters.consecutive_nonfinite += 1
-            if state.counters.consecutive_nonfinite >= options.max_consecutive_nonfinite:
-                raise NonFiniteLossError(
-                    f"{stage}: {state.counters.consecutive_nonfinite} consecutive steps with a non-finite loss "
-                    f"({losses.total}) or gradient norm ({grad_norm}) at step {state.step + 1}; stopping. "
-                    f"Skipped steps leave the weights untouched, so the checkpoints in {checkpointer.directory} "
-                    f"hold the last good ones (trainer.max_consecutive_nonfinite="
-                    f"{options.max_consecutive_nonfinite})."
-                )
-        lrs = {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}
-        scheduler.step()
+            _skip_step(optimizer, state, losses, grad_norm, stage, options, checkpointer)
         state.step += 1
         tracker.count_images(losses.num_clip_images, losses.num_sam_images)
-
         if tracker.due(state.step):
-            skipped = _skipped_samples(streams, env)
-            tracker.log(
-                state.step,
-                {
-                    "loss": losses.total,
-                    "loss_clip": losses.clip,
-                    "loss_sam": losses.sam,
-                    "loss_sam_focal": losses.sam_focal,
-                    "loss_sam_dice": losses.sam_dice,
-                    **lrs,
-                    "grad_norm": grad_norm,
-                    "resolution/clip": None if clip_batch is None else int(clip_batch.images.shape[-1]),
-                    "skipped_steps": state.counters.skipped_steps,
-                    **skipped,
-                },
-            )
-        for hook in hooks:
-            hook(state.step, task.student)
+            resolution = None if clip_batch is None else int(clip_batch.images.shape[-1])
+            metrics = _metrics(losses, grad_norm, optimizer, state, resolution)
+            tracker.log(state.step, {**metrics, **_skipped_samples(streams, env)})
+        scheduler.step()  # after logging, so that the logged lrs are the ones this step used
         if checkpointer.due(state.step, last_step):
-            checkpointer.save_all_ranks(
-                state.step,
-                training_state(
-                    task.student,
-                    optimizer,
-                    scheduler,
-                    streams,
-                    state,
-                    stage=stage,
-                    env=env,
-                    extra=extra_state or {},
-                ),
-                env,
+            checkpoint = training_state(
+                task.student,
+                optimizer,
+                scheduler,
+                streams,
+                state,
+                stage=stage,
+                env=env,
+                extra=extra_state or {},
             )
+            checkpointer.save_all_ranks(state.step, checkpoint, env)
     return state
+
+
+def _skip_step(
+    optimizer: torch.optim.Optimizer,
+    state: StageState,
+    losses: StepLosses,
+    grad_norm: float,
+    stage: str,
+    options: LoopOptions,
+    checkpointer: Checkpointer,
+) -> None:
+    """Drop a step's non-finite gradients and count it; too many in a row stop the run."""
+    optimizer.zero_grad(set_to_none=True)
+    state.counters.skipped_steps += 1
+    state.counters.consecutive_nonfinite += 1
+    if state.counters.consecutive_nonfinite >= options.max_consecutive_nonfinite:
+        raise NonFiniteLossError(
+            f"{stage}: {state.counters.consecutive_nonfinite} consecutive steps with a non-finite loss "
+            f"({losses.total}) or gradient norm ({grad_norm}) at step {state.step + 1}; stopping. "
+            f"Skipped steps leave the weights untouched, so the checkpoints in {checkpointer.directory} "
+            f"hold the last good ones (trainer.max_consecutive_nonfinite={options.max_consecutive_nonfinite})."
+        )
+
+
+def _metrics(
+    losses: StepLosses,
+    grad_norm: float,
+    optimizer: torch.optim.Optimizer,
+    state: StageState,
+    clip_resolution: int | None,
+) -> dict[str, Any]:
+    return {
+        "loss": losses.total,
+        "loss_clip": losses.clip,
+        "loss_sam": losses.sam,
+        "loss_sam_focal": losses.sam_focal,
+        "loss_sam_dice": losses.sam_dice,
+        **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups},
+        "grad_norm": grad_norm,
+        "resolution/clip": clip_resolution,
+        "skipped_steps": state.counters.skipped_steps,
+    }
 
 
 def _forever(stream: Iterable[Any]) -> Iterator[Any]:

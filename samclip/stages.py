@@ -88,29 +88,18 @@ class Stage:
         patch_size: int,
     ) -> None:
         """The config errors that must stop a run before any work, each naming its key."""
+        key = f"stage.{self.name}"
+        not_patches, not_ranks = (
+            "is not a multiple of the patch size",
+            "images are not divisible by the world size",
+        )
         if self.clip is not None:
             for resolution in self.clip.resolutions:
-                if resolution % patch_size:
-                    raise ValueError(
-                        f"stage.{self.name}.clip.resolutions: {resolution} is not a multiple of the "
-                        f"patch size {patch_size}"
-                    )
-            if self.clip.batch_size % world_size:
-                raise ValueError(
-                    f"stage.{self.name}.clip.batch_size: {self.clip.batch_size} images are not divisible by "
-                    f"the world size {world_size}"
-                )
+                _require_divisible(f"{key}.clip.resolutions", resolution, patch_size, not_patches)
+            _require_divisible(f"{key}.clip.batch_size", self.clip.batch_size, world_size, not_ranks)
         if self.sam is not None:
-            if self.sam.resolution % patch_size:
-                raise ValueError(
-                    f"stage.{self.name}.sam.resolution: {self.sam.resolution} is not a multiple of the "
-                    f"patch size {patch_size}"
-                )
-            if self.sam.batch_size % world_size:
-                raise ValueError(
-                    f"stage.{self.name}.sam.batch_size: {self.sam.batch_size} images are not divisible by "
-                    f"the world size {world_size}"
-                )
+            _require_divisible(f"{key}.sam.resolution", self.sam.resolution, patch_size, not_patches)
+            _require_divisible(f"{key}.sam.batch_size", self.sam.batch_size, world_size, not_ranks)
         for head, loss in HEAD_LOSSES.items():
             if not any(name.startswith(f"{head}.") for name in trainable_names):
                 continue
@@ -124,6 +113,11 @@ class Stage:
                     f"loss.{loss}_weight is 0 but stage {self.name} trains {head}; "
                     f"freeze {head} or give its loss a weight"
                 )
+
+
+def _require_divisible(key: str, value: int, divisor: int, complaint: str) -> None:
+    if value % divisor:
+        raise ValueError(f"{key}: {value} {complaint} {divisor}")
 
 
 def _need(steps_per_epoch: int | None, stage: str) -> int:

@@ -98,6 +98,8 @@ class Tracker:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Append one JSON line with throughput since the previous log step (rank 0 only)."""
+        if not self.enabled:
+            return
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
         line = {
             "step": step,
@@ -108,8 +110,6 @@ class Tracker:
         }
         self.images = {"clip": 0, "sam": 0}
         self.window_start = time.perf_counter()
-        if not self.enabled:
-            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
         if self.wandb is not None:

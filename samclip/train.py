@@ -19,9 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from samclip import builder
-from samclip.checkpoint import load_training_checkpoint, restore_training_state
+from samclip.checkpoint import StageState, restore_training_state
 from samclip.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_student
-from samclip.loop import LoopCounters, LoopOptions, StageState, train_stage
+from samclip.loop import train_stage
+from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import load_final_checkpoint, save_final_checkpoint
 from samclip.optim import build_scheduler, set_trainable
 from samclip.stages import Stage
@@ -53,8 +54,9 @@ def run(cfg: DictConfig) -> Path:
         barrier(env)
         builder.check_files(cfg, stages)
         for index, stage in enumerate(stages):
-            if (run_dir / stage.name / builder.FINAL_NAME).is_file():
-                log.info("%s: %s exists, stage done", stage.name, run_dir / stage.name / builder.FINAL_NAME)
+            final = builder.final_path(run_dir, stage.name)
+            if final.is_file():
+                log.info("%s: %s exists, stage done", stage.name, final)
                 continue
             run_stage(cfg, stages, index, env, run_dir)
     finally:
@@ -63,6 +65,7 @@ def run(cfg: DictConfig) -> Path:
 
 
 def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, run_dir: Path) -> None:
+    """Train ``stages[index]`` in ``run_dir/<stage>/`` up to its final.pt (resume > init_from > fresh)."""
     stage = stages[index]
     directory = run_dir / stage.name
     checkpointer = builder.build_checkpointer(cfg, directory)
@@ -73,16 +76,9 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
         stage.name,
         f"resuming from {resume_path}" if resume_path else f"starting from {source or 'SAM'}",
     )
-
-    torch.manual_seed(cfg.seed)
-    model = builder.build_model(cfg, from_sam_checkpoint=resume_path is None and source is None)
-    if source is not None:
-        initial = load_final_checkpoint(source)
-        if initial.model_config != model.config:
-            raise ValueError(f"init_from: {source} holds a {initial.model_config} model, not {model.config}")
-        model.load_state_dict(initial.model_state, strict=True)
-    set_trainable(model, stage.trainable)
-    model.set_grad_checkpointing(bool(cfg.trainer.grad_checkpointing))
+    model = _build_student(
+        cfg, stage, from_sam_checkpoint=resume_path is None and source is None, source=source
+    )
     task = builder.build_task(cfg, stage, model).to(env.device)
     streams = builder.build_streams(cfg, stage, env)
     optimizer = builder.build_stage_optimizer(cfg, stage, model)
@@ -91,25 +87,16 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
         optimizer, stage.warmup_steps, stage.schedule_length(steps_per_epoch), stage.min_lr_ratio
     )
     last_step = stage.stop_length(steps_per_epoch, cfg.trainer.max_steps)
-    state = StageState(step=0)
     if resume_path is not None:
-        step, counters = restore_training_state(
-            load_training_checkpoint(resume_path),
-            model,
-            optimizer,
-            scheduler,
-            streams,
-            env=env,
-            source=str(resume_path),
-        )
-        state = StageState(step, LoopCounters(**counters))
+        state = restore_training_state(resume_path, model, optimizer, scheduler, streams, env=env)
     else:
+        state = StageState()
+        # Per-rank randomness (augmentation, prompt sampling in the model) must differ between ranks.
         torch.manual_seed(cfg.seed + 1 + env.rank)
     if cfg.trainer.compile:
-        model.compile()
+        model.compile()  # in place: task.student, the DDP wrapper and state-dict keys all see the same module
     # Only multitask mixes streams; there each head is unused in the other stream's micro-batches.
     student = wrap_student(model, env, find_unused_parameters=len(stage.streams) > 1)
-    clip_micro, sam_micro = builder.micro_batch_sizes(cfg)
     tracker = builder.build_tracker(cfg, directory, stage, env, state.step, last_step)
     try:
         train_stage(
@@ -121,13 +108,7 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
             state,
             last_step,
             stage=stage.name,
-            options=LoopOptions(
-                clip_micro_batch_size=clip_micro,
-                sam_micro_batch_size=sam_micro,
-                max_grad_norm=cfg.trainer.max_grad_norm,
-                max_consecutive_nonfinite=cfg.trainer.max_consecutive_nonfinite,
-                autocast_dtype=builder.autocast_dtype(cfg, env.device),
-            ),
+            options=builder.loop_options(cfg, env.device),
             env=env,
             tracker=tracker,
             checkpointer=checkpointer,
@@ -136,11 +117,26 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     finally:
         tracker.close()
     if env.is_main:
-        save_final_checkpoint(
-            directory / builder.FINAL_NAME, model, builder.clip_teacher_spec(cfg), stage.name, state.step
-        )
-        log.info("%s: done at step %d, wrote %s", stage.name, state.step, directory / builder.FINAL_NAME)
+        final = builder.final_path(run_dir, stage.name)
+        save_final_checkpoint(final, model, builder.clip_teacher_spec(cfg), stage.name, state.step)
+        log.info("%s: done at step %d, wrote %s", stage.name, state.step, final)
     barrier(env)
+
+
+def _build_student(
+    cfg: DictConfig, stage: Stage, *, from_sam_checkpoint: bool, source: Path | None
+) -> SamClipModel:
+    """The student with the stage's trainable parts, from SAM, from ``source`` (a final.pt), or random (resume)."""
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = builder.build_model(cfg, from_sam_checkpoint=from_sam_checkpoint)
+    if source is not None:
+        initial = load_final_checkpoint(source)
+        if initial.model_config != model.config:
+            raise ValueError(f"init_from: {source} holds a {initial.model_config} model, not {model.config}")
+        model.load_state_dict(initial.model_state, strict=True)
+    set_trainable(model, stage.trainable)
+    model.set_grad_checkpointing(bool(cfg.trainer.grad_checkpointing))
+    return model
 
 
 def _resolve_run_dir(cfg: DictConfig) -> Path:

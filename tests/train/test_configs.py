@@ -16,7 +16,7 @@ from samclip.distributed import DistEnv
 from samclip.models import create_model
 from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
 from samclip.smoke import prepare_smoke_assets
-from samclip.train import _config_dir, run
+from samclip.train import _build_student, _config_dir, run
 
 CONFIG_DIR = Path(_config_dir())
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -239,14 +239,25 @@ def _final(path: Path) -> Path:
             "model.sam_checkpoint: /nonexistent/sam.pth does not exist",
         ),
         (["data.clip.micro_batch_size=0"], ValueError, "data.clip.micro_batch_size must be >= 1"),
+        (["trainer.precision=fp16"], ValueError, "trainer.precision must be auto, bf16 or fp32, got 'fp16'"),
     ],
 )
 def test_config_errors_fail_before_any_work(
-    tmp_path: Path, assets: Path, overrides: list[str], error: type, message: str
+    tmp_path: Path,
+    assets: Path,
+    overrides: list[str],
+    error: type,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     final = _final(tmp_path / "elsewhere" / "final.pt")
     overrides = [o.replace("FINAL", str(final)) for o in overrides]
     cfg = _compose(tmp_path, *_with_assets(assets), *overrides)
+
+    def no_stage(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a stage started before the config error was raised")
+
+    monkeypatch.setattr("samclip.train.run_stage", no_stage)
     with pytest.raises(error, match=_literal(message)):
         run(cfg)
     run_dir = Path(cfg.run_dir)
@@ -274,6 +285,30 @@ def test_batch_not_divisible_by_world_size_names_the_key(tmp_path: Path, assets:
         match=_literal("stage.multitask.sam.batch_size: 3 images are not divisible by the world size 2"),
     ):
         builder.plan_run(cfg, two_ranks, Path(cfg.run_dir))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "device", "dtype"),
+    [
+        (["trainer=default"], "cuda", torch.bfloat16),
+        (["trainer=default"], "cpu", None),
+        (["trainer=default", "trainer.precision=bf16"], "cpu", torch.bfloat16),
+        (["trainer.precision=fp32"], "cuda", None),
+    ],
+)
+def test_trainer_precision_picks_the_autocast_dtype(
+    tmp_path: Path, overrides: list[str], device: str, dtype: torch.dtype | None
+) -> None:
+    cfg = _compose(tmp_path, *overrides)
+    assert builder.loop_options(cfg, torch.device(device)).autocast_dtype == dtype
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_trainer_grad_checkpointing_reaches_the_student(tmp_path: Path, enabled: bool) -> None:
+    cfg = _compose(tmp_path, f"trainer.grad_checkpointing={enabled}", "model.sam_checkpoint=null")
+    stage = builder.build_stage(cfg, "multitask")
+    model = _build_student(cfg, stage, from_sam_checkpoint=True, source=None)
+    assert model.backbone.grad_checkpointing is enabled and model.clip_head.grad_checkpointing is enabled
 
 
 def test_init_from_a_final_checkpoint_is_accepted(tmp_path: Path, assets: Path) -> None:

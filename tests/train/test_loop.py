@@ -9,8 +9,9 @@ import pytest
 import torch
 from train_fakes import FakeClipStream, single_process_env, tiny_task
 
-from samclip.checkpoint import Checkpointer, load_training_checkpoint
-from samclip.loop import LoopOptions, NonFiniteLossError, StageState, train_stage
+from samclip.checkpoint import Checkpointer, StageState, load_training_checkpoint
+from samclip.data.bad_samples import SKIP_KINDS
+from samclip.loop import LoopOptions, NonFiniteLossError, train_stage
 from samclip.models import create_model
 from samclip.optim import WarmupCosine, build_optimizer, build_scheduler, set_trainable
 from samclip.tracking import Tracker, read_metrics
@@ -30,7 +31,7 @@ class NanAt(FakeClipStream):
         return batch
 
 
-def _run(tmp_path: Path, nan_steps: set[int], num_steps: int, max_nonfinite: int):
+def _run(tmp_path: Path, nan_steps: set[int], num_steps: int, max_nonfinite: int, stream=None):
     env = single_process_env()
     task = tiny_task(seed=0)
     set_trainable(task.student, ["clip_head.*"])
@@ -46,7 +47,7 @@ def _run(tmp_path: Path, nan_steps: set[int], num_steps: int, max_nonfinite: int
             task.student,
             optimizer,
             scheduler,
-            {"clip": NanAt(nan_steps, seed=0, global_batch=4)},
+            {"clip": stream or NanAt(nan_steps, seed=0, global_batch=4)},
             state,
             num_steps,
             stage="head_probe",
@@ -89,6 +90,15 @@ def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint_intact(tmp
     good = load_training_checkpoint(saved[1])
     assert all(torch.equal(good["student"][k], last["student"][k]) for k in good["student"])
     assert all(torch.isfinite(t).all() for t in last["student"].values())
+
+
+def test_samples_skipped_by_the_streams_are_logged(tmp_path: Path) -> None:
+    stream = FakeClipStream(seed=0, global_batch=4)
+    kind = SKIP_KINDS[0]
+    stream.skipped[f"skipped/{kind}"] = 3
+    _run(tmp_path, nan_steps=set(), num_steps=1, max_nonfinite=1, stream=stream)
+    (line,) = read_metrics(tmp_path / "metrics.jsonl")
+    assert (line["skipped_samples"], line[f"skipped/clip/{kind}"]) == (3, 3)
 
 
 def test_param_groups_follow_the_multitask_recipe() -> None:

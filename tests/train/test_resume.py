@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from train_fakes import single_process_env, train_tiny
+from train_fakes import FakeClipStream, single_process_env, train_tiny
 
-from samclip.checkpoint import load_training_checkpoint
+from samclip.checkpoint import (
+    Checkpointer,
+    LoopCounters,
+    StageState,
+    load_training_checkpoint,
+    restore_training_state,
+    training_state,
+)
+from samclip.distributed import DistEnv
+from samclip.optim import build_scheduler
 from samclip.tracking import read_metrics
 
 REPO = Path(__file__).parents[2]
@@ -61,6 +72,45 @@ def test_stop_and_resume_equals_straight_run(tmp_path: Path) -> None:
     assert any(not torch.equal(initial[k], straight["student"][k]) for k in initial), (
         "steps 3-4 changed nothing"
     )
+
+
+def _live_objects() -> tuple:
+    torch.manual_seed(0)
+    student = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    return student, optimizer, build_scheduler(optimizer, 1, 10), {"clip": FakeClipStream(seed=0)}
+
+
+def test_training_state_round_trip_restores_counters_rng_and_streams(tmp_path: Path) -> None:
+    """What the equivalence runs cannot see: loop counters and every RNG come back as saved."""
+    env = single_process_env()
+    student, optimizer, scheduler, streams = _live_objects()
+    student(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    next(iter(streams["clip"]))
+    state = StageState(step=5, counters=LoopCounters(skipped_steps=2, consecutive_nonfinite=1))
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    saved = training_state(
+        student, optimizer, scheduler, streams, state, stage="multitask", env=env, extra={}
+    )
+    path = Checkpointer(tmp_path, every_steps=1).save(5, saved)
+    draws = (random.random(), float(np.random.rand()), torch.rand(1).item())
+
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    fresh = _live_objects()
+    assert restore_training_state(path, *fresh, env=env) == state
+    assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == draws
+    assert (
+        fresh[3]["clip"].state_dict()
+        == streams["clip"].state_dict()
+        == {"epoch": 0, "step": 1, "skipped": {}}
+    )
+    _assert_same_tensors(fresh[1].state_dict(), optimizer.state_dict(), "optimizer")
+    assert fresh[2].state_dict()["last_epoch"] == 1
+    two_ranks = DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="written by 1 ranks but this run has 2"):
+        restore_training_state(path, *_live_objects(), env=two_ranks)
 
 
 def _train_cmd(run_dir: Path, *overrides: str) -> list[str]:

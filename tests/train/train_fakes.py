@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from samclip.checkpoint import Checkpointer, load_training_checkpoint, restore_training_state
+from samclip.checkpoint import Checkpointer, StageState, restore_training_state
 from samclip.data.batches import ClipBatch, SamBatch
 from samclip.distributed import DistEnv, wrap_student
-from samclip.loop import LoopCounters, LoopOptions, StageState, train_stage
+from samclip.loop import LoopOptions, train_stage
 from samclip.losses import CosineDistillationLoss, MaskDistillationLoss
 from samclip.models import SamPrompts, create_model
 from samclip.models.teachers import ClipTeacher, SamTeacher
@@ -146,19 +146,12 @@ def train_tiny(
     if stage == "multitask":
         streams["sam"] = FakeSamStream(seed=seed, rank=env.rank, world_size=env.world_size)
     checkpointer = Checkpointer(workdir / "checkpoints", every_steps=every_steps, keep_last=2)
-    state = StageState(step=0)
     latest = checkpointer.latest()
-    if latest is not None:
-        step, counters = restore_training_state(
-            load_training_checkpoint(latest),
-            task.student,
-            optimizer,
-            scheduler,
-            streams,
-            env=env,
-            source=str(latest),
-        )
-        state = StageState(step, LoopCounters(**counters))
+    state = (
+        StageState()
+        if latest is None
+        else restore_training_state(latest, task.student, optimizer, scheduler, streams, env=env)
+    )
     student = wrap_student(task.student, env, find_unused_parameters=len(streams) > 1)
     last_step = num_steps if stop_after is None else stop_after
     tracker = Tracker(
