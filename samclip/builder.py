@@ -20,6 +20,7 @@ from samclip.distributed import DistEnv
 from samclip.loop import LoopOptions
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import ClipTeacherSpec
+from samclip.models.teachers import is_checkpoint_path
 from samclip.optim import build_optimizer, set_trainable
 from samclip.stages import STAGE_NAMES, Stage
 from samclip.task import DistillationTask
@@ -109,7 +110,7 @@ def check_files(cfg: DictConfig, stages: list[Stage]) -> None:
     if any(stage.previous is None for stage in stages) and cfg.init_from is None:
         _require_file(cfg.model.get("sam_checkpoint"), "model.sam_checkpoint", allow_none=True)
     streams = {name for stage in stages for name in stage.streams}
-    if "clip" in streams and _is_path(cfg.teacher.clip.pretrained):
+    if "clip" in streams and is_checkpoint_path(cfg.teacher.clip.pretrained):
         _require_file(cfg.teacher.clip.pretrained, "teacher.clip.pretrained")
     if "sam" in streams:
         _require_file(cfg.teacher.sam.checkpoint, "teacher.sam.checkpoint", allow_none=False)
@@ -142,7 +143,7 @@ def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> Distilla
 def clip_teacher_spec(cfg: DictConfig) -> ClipTeacherSpec:
     """Which CLIP model provides the text encoder, written into final.pt (files as absolute paths)."""
     pretrained = cfg.teacher.clip.pretrained
-    if pretrained is not None and _is_path(pretrained):
+    if pretrained is not None and is_checkpoint_path(pretrained):
         pretrained = os.path.abspath(pretrained)
     return ClipTeacherSpec(model_name=cfg.teacher.clip.model_name, pretrained=pretrained)
 
@@ -246,10 +247,6 @@ def _stream_node(node: DictConfig) -> dict[str, Any]:
     for key in _TRAINER_STREAM_KEYS:
         values.pop(key, None)
     return values
-
-
-def _is_path(value: str | None) -> bool:
-    return value is not None and (os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors")))
 
 
 def _require_file(path: str | None, key: str, allow_none: bool = False) -> None:

@@ -19,28 +19,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from samclip.config_root import config_dir
 from samclip.eval.report import to_markdown, write_results
 from samclip.inference import load
 
 log = logging.getLogger(__name__)
 
 
-def _config_dir() -> str:
-    """``configs/evaluate/``, with ``configs/`` found as ``samclip.train`` finds it: ``samclip/configs`` or
-    the repository's ``configs/`` (what an editable install sees).
-
-    samclip-eval has its own config root: under the trainer's, its ``checkpoint`` config group would take
-    ``checkpoint=FILE`` for a group choice.
-    """
-    here = Path(__file__).resolve().parent
-    candidates = [configs / "evaluate" for configs in (here / "configs", here.parent / "configs")]
-    for candidate in candidates:
-        if (candidate / "evaluate.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"no evaluate.yaml in {candidates[0]} or {candidates[1]}")
-
-
-CONFIG_DIR = Path(_config_dir())
+CONFIG_DIR = config_dir("evaluate/evaluate.yaml")
 
 
 def resolve_device(device: str) -> str:

@@ -29,7 +29,9 @@ from samclip.eval.zeroshot import (
 )
 from samclip.models import SamClipConfig, SamClipModel, Segmentation, create_model_from_config
 from samclip.models.final_checkpoint import ClipTeacherSpec, load_final_checkpoint
-from samclip.models.teachers import ClipTeacher  # noqa: F401  (registers samclip's small open_clip configs)
+
+# Importing teachers also registers samclip's small open_clip configs.
+from samclip.models.teachers import is_checkpoint_path
 
 EXPORT_FORMAT = "samclip-merged"
 EXPORT_VERSION = 1
@@ -50,7 +52,7 @@ class TextEncoder(nn.Module):
     @classmethod
     def from_open_clip(cls, model_name: str, pretrained: str | None = None) -> TextEncoder:
         """``pretrained`` is an open_clip tag or a checkpoint file (as the CLIP teacher's spec records)."""
-        if pretrained and any(sep in pretrained for sep in "/\\") and not Path(pretrained).is_file():
+        if is_checkpoint_path(pretrained) and not Path(pretrained).is_file():
             raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist")
         return cls(open_clip.create_model(model_name, pretrained=pretrained or None), model_name)
 

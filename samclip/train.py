@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from samclip import builder
 from samclip.checkpoint import StageState, restore_training_state
+from samclip.config_root import config_dir
 from samclip.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_student
 from samclip.loop import train_stage
 from samclip.models import SamClipModel
@@ -30,13 +31,7 @@ from samclip.stages import Stage
 log = logging.getLogger(__name__)
 
 
-def _config_dir() -> str:
-    """``samclip/configs`` (a link to the repository's ``configs/``, shipped with the package) or ``configs/``."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"no train.yaml in {here / 'configs'} or {here.parent / 'configs'}")
+CONFIG_DIR = config_dir("train.yaml")
 
 
 def run(cfg: DictConfig) -> Path:
@@ -151,7 +146,7 @@ def _resolve_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
-@hydra.main(config_path=_config_dir(), config_name="train", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

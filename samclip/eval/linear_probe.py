@@ -141,7 +141,7 @@ def feature_encoder(
 def _backbone_encoder(model: MergedSamClip) -> Callable[[torch.Tensor], torch.Tensor]:
     @torch.no_grad()
     def encode(images: torch.Tensor) -> torch.Tensor:
-        tokens = model.model.forward_features(images.to(model.device)).tokens  # [B, h, w, C]
+        tokens = model.model.forward_features(images.to(model.device), with_neck=False).tokens  # [B, h, w, C]
         return tokens.float().mean(dim=(1, 2))
 
     return encode

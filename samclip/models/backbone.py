@@ -16,7 +16,7 @@ from samclip.models.config import SamClipConfig
 
 class BackboneFeatures(NamedTuple):
     tokens: torch.Tensor  # [B, H/16, W/16, C] output of the last block: the CLIP head's input
-    neck: torch.Tensor  # [B, prompt_embed_dim, H/16, W/16]: the SAM head's image embedding
+    neck: torch.Tensor | None  # [B, prompt_embed_dim, H/16, W/16]: the SAM head's image embedding
 
 
 class SamBackbone(VisionTransformerSAM):
@@ -46,8 +46,12 @@ class SamBackbone(VisionTransformerSAM):
         )
         self.patch_size = config.patch_size
 
-    def forward_features(self, images: torch.Tensor) -> BackboneFeatures:  # type: ignore[override]
-        """``images``: SAM-normalised [B, 3, H, W], H and W multiples of the patch size."""
+    def forward_features(self, images: torch.Tensor, with_neck: bool = True) -> BackboneFeatures:  # type: ignore[override]
+        """``images``: SAM-normalised [B, 3, H, W], H and W multiples of the patch size.
+
+        ``with_neck=False`` skips the neck when only the CLIP head will read the tokens (and leaves the
+        neck's parameters out of the autograd graph, which DDP needs to know about).
+        """
         height, width = images.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -56,10 +60,13 @@ class SamBackbone(VisionTransformerSAM):
         x = self.patch_embed(images)
         x = x + resample_abs_pos_embed_nhwc(self.pos_embed, x.shape[1:3])
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
+            # Non-reentrant explicitly: the reentrant kind (TIMM_REENTRANT_CKPT) gives no gradients to
+            # parameters after the checkpoint when the input needs none, e.g. the CLIP head in head_probe.
+            x = checkpoint_seq(self.blocks, x, use_reentrant=False)
         else:
             x = self.blocks(x)
-        return BackboneFeatures(tokens=x, neck=self.neck(x.permute(0, 3, 1, 2)))
+        neck = self.neck(x.permute(0, 3, 1, 2)) if with_neck else None
+        return BackboneFeatures(tokens=x, neck=neck)
 
-    def forward(self, images: torch.Tensor) -> BackboneFeatures:  # type: ignore[override]
-        return self.forward_features(images)
+    def forward(self, images: torch.Tensor, with_neck: bool = True) -> BackboneFeatures:  # type: ignore[override]
+        return self.forward_features(images, with_neck=with_neck)

@@ -48,7 +48,7 @@ class ClipHead(nn.Module):
     def forward(self, tokens: torch.Tensor, dense: bool = True) -> ClipHeadOutput:
         """``dense=False`` skips the per-patch embeddings (training needs only the pooled one)."""
         if self.grad_checkpointing and self.training:
-            x = checkpoint_seq(self.blocks, tokens)
+            x = checkpoint_seq(self.blocks, tokens, use_reentrant=False)
         else:
             x = self.blocks(tokens)
         # Max-pool over tokens: the paper found it better than average pooling for dense features.

@@ -77,8 +77,12 @@ def decode_masks(
         )
         logits.append(group_logits)
         ious.append(group_ious)
-        owners.append(torch.full((group.num_prompts,), group.image_index, dtype=torch.long))
-    return SamHeadOutput(torch.cat(logits), torch.cat(ious), torch.cat(owners).to(image_embeddings.device))
+        owners.append(
+            torch.full(
+                (group.num_prompts,), group.image_index, dtype=torch.long, device=image_embeddings.device
+            )
+        )
+    return SamHeadOutput(torch.cat(logits), torch.cat(ious), torch.cat(owners))
 
 
 class SamHead(nn.Module):

@@ -67,8 +67,8 @@ class SamClipModel(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
         self.clip_head.grad_checkpointing = enable
 
-    def forward_features(self, images: torch.Tensor) -> BackboneFeatures:
-        return self.backbone(normalize_sam(images))
+    def forward_features(self, images: torch.Tensor, with_neck: bool = True) -> BackboneFeatures:
+        return self.backbone(normalize_sam(images), with_neck=with_neck)
 
     def forward(
         self,
@@ -84,14 +84,16 @@ class SamClipModel(nn.Module):
         SAM prompts are in the pixel frame of ``images``, which for the SAM head must be the
         square ``config.image_size`` frame (SAM's resize-longest-side and pad).
         """
-        features = self.forward_features(images)
+        features = self.forward_features(images, with_neck=sam_prompts is not None)
         clip_out = self.clip_head(features.tokens, dense=dense) if clip else None
         sam_out = self.sam_head(features.neck, sam_prompts, multimask) if sam_prompts is not None else None
         return SamClipOutput(clip=clip_out, sam=sam_out)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """CLIP image embeddings [B, D] for float images in [0, 1] of any size that is a multiple of 16."""
-        embeds = self.clip_head(self.forward_features(images).tokens, dense=False).image_embeds
+        embeds = self.clip_head(
+            self.forward_features(images, with_neck=False).tokens, dense=False
+        ).image_embeds
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     @torch.no_grad()

@@ -38,7 +38,7 @@ class ClipTeacher(FrozenTeacher):
         self, model_name: str = "ViT-L-14", pretrained: str | None = "datacomp_xl_s13b_b90k"
     ) -> None:
         super().__init__()
-        if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+        if pretrained and is_checkpoint_path(pretrained) and not Path(pretrained).is_file():
             raise FileNotFoundError(f"CLIP teacher checkpoint {pretrained} does not exist")
         self.model_name = model_name
         self.pretrained = pretrained
@@ -110,7 +110,10 @@ class SamTeacher(FrozenTeacher):
         return decode_masks(self.sam.prompt_encoder, self.sam.mask_decoder, embeddings, prompts, multimask)
 
 
-def _looks_like_path(value: str) -> bool:
+def is_checkpoint_path(value: str | None) -> bool:
+    """Whether an open_clip ``pretrained`` value names a file (rather than a pretrained tag)."""
+    if value is None:
+        return False
     return any(sep in value for sep in ("/", "\\")) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 

@@ -64,3 +64,16 @@ def test_gradient_checkpointing_gives_same_outputs_and_gradients():
     ckpt_out, ckpt_grad = run()
     torch.testing.assert_close(ckpt_out, plain_out)
     torch.testing.assert_close(ckpt_grad, plain_grad)
+
+
+def test_clip_only_forward_leaves_the_neck_out_of_the_graph():
+    """CLIP micro-batches must not touch the neck: no wasted work, and no unused-parameter surprise in DDP."""
+    from samclip.models import SamPrompts
+
+    model = create_model("samclip_tiny")
+    model.encode_image(torch.rand(1, 3, 64, 64)).sum().backward()
+    assert all(p.grad is None for p in model.backbone.neck.parameters())
+    assert model.backbone.blocks[0].attn.qkv.weight.grad is not None
+    prompts = [SamPrompts(0, boxes=torch.tensor([[10.0, 10.0, 100.0, 120.0]]))]
+    model(torch.rand(1, 3, 256, 256), prompts, clip=False).sam.low_res_logits.sum().backward()
+    assert all(p.grad is not None for p in model.backbone.neck.parameters())

@@ -16,9 +16,8 @@ from samclip.distributed import DistEnv
 from samclip.models import create_model
 from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
 from samclip.smoke import prepare_smoke_assets
-from samclip.train import _build_student, _config_dir, run
+from samclip.train import CONFIG_DIR, _build_student, run
 
-CONFIG_DIR = Path(_config_dir())
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 GROUPS = (
     "model",
