@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from timm.layers import resample_abs_pos_embed_nhwc
+from timm.layers import resample_abs_pos_embed_nhwc, set_fused_attn
 
 from samclip import create_model
 from samclip.models.sam_checkpoint import build_official_sam, to_official_state_dict
@@ -41,7 +41,12 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--no-fused-attn", action="store_true", help="timm's explicit softmax attention instead of SDPA"
+    )
     args = parser.parse_args()
+    if args.no_fused_attn:
+        set_fused_attn(False)
     device = torch.device(args.device)
 
     torch.manual_seed(0)
