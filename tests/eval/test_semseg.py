@@ -74,6 +74,19 @@ def test_voc_reader_keeps_palette_indices_and_the_ignore_band(voc_root):
     assert samples[0].image.shape == (224, 224, 3) and dataset.background_index == 0
 
 
+def test_voc_aug_split_reads_sbd_labels_from_segmentation_class_aug(voc_root):
+    """mmseg's trainaug layout: aug.txt lists images whose labels are grey index PNGs in SegmentationClassAug."""
+    augmented = voc_root / "SegmentationClassAug"
+    augmented.mkdir()
+    label = np.zeros((224, 224), np.uint8)
+    label[10:50, 20:90] = DOG
+    Image.fromarray(label, mode="L").save(augmented / "2007_000002.png")
+    (voc_root / "ImageSets" / "Segmentation" / "aug.txt").write_text("2007_000002\n")
+    samples = list(open_segmentation_dataset("voc", voc_root, split="aug"))
+    assert [s.name for s in samples] == ["2007_000002"]
+    np.testing.assert_array_equal(samples[0].label, label.astype(np.int64))
+
+
 def test_clip_mode_on_a_constructed_model_scores_100_and_0_when_classes_are_swapped(
     merged, voc_root, tmp_path
 ):

@@ -152,9 +152,12 @@ def _find_root(root: str | Path, marker: str, nested: tuple[str, ...]) -> Path:
 
 
 def voc(root: str | Path, split: str = "val") -> SegmentationDataset:
+    """VOC 2012 as extracted. ``split="aug"`` is the 10,582-image train set with SBD's extra labels in
+    mmsegmentation's layout: ``ImageSets/Segmentation/aug.txt`` and ``SegmentationClassAug/`` index PNGs."""
     base = _find_root(root, "SegmentationClass", ("VOC2012", "VOCdevkit/VOC2012"))
+    label_dir = "SegmentationClassAug" if split == "aug" else "SegmentationClass"
     pairs = _pairs_from_list(
-        base, base / "ImageSets" / "Segmentation" / f"{split}.txt", "JPEGImages", "SegmentationClass"
+        base, base / "ImageSets" / "Segmentation" / f"{split}.txt", "JPEGImages", label_dir
     )
     return SegmentationDataset("voc", VOC_CLASSES, pairs, _identity, background_index=0)
 
