@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 
@@ -37,7 +37,6 @@ class SamClipConfig:
     clip_head_depth: int = 3
     clip_embed_dim: int = 768
     clip_mlp_hidden_dim: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "global_attn_indexes", tuple(self.global_attn_indexes))
@@ -63,7 +62,6 @@ class SamClipConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["global_attn_indexes"] = list(self.global_attn_indexes)
-        out.pop("extra")
         return out
 
     @classmethod

@@ -12,12 +12,19 @@ from samclip.models import SamClipConfig, create_model_from_config
 from samclip.models.final_checkpoint import ClipTeacherSpec, load_final_checkpoint, save_final_checkpoint
 
 
-def test_published_sizes_match_segment_anything_registry():
-    from samclip.models import MODEL_CONFIGS
+@pytest.mark.parametrize("name", ["samclip_vit_b", "samclip_vit_l", "samclip_vit_h"])
+def test_published_sizes_match_segment_anything_registry(name):
+    """Every tensor of the official SAM that our config describes has the shape segment_anything builds."""
+    from segment_anything import sam_model_registry
 
-    assert (MODEL_CONFIGS["samclip_vit_b"].embed_dim, MODEL_CONFIGS["samclip_vit_b"].depth) == (768, 12)
-    assert MODEL_CONFIGS["samclip_vit_l"].global_attn_indexes == (5, 11, 17, 23)
-    assert (MODEL_CONFIGS["samclip_vit_h"].embed_dim, MODEL_CONFIGS["samclip_vit_h"].depth) == (1280, 32)
+    from samclip.models import MODEL_CONFIGS
+    from samclip.models.config import SAM_REGISTRY_NAMES
+    from samclip.models.sam_checkpoint import build_official_sam
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        ours = build_official_sam(MODEL_CONFIGS[name]).state_dict()
+        reference = sam_model_registry[SAM_REGISTRY_NAMES[name]]().state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in reference.items()}
 
 
 def test_unknown_name_and_override_are_rejected():
