@@ -20,16 +20,16 @@ from pathlib import Path
 
 import torch
 
-from samclip.checkpoint import Checkpointer, StageState
 from samclip.data.batches import ClipBatch, SamBatch
-from samclip.distributed import DistEnv
-from samclip.loop import LoopOptions, train_stage
 from samclip.losses import cosine_distillation_loss, mask_distillation_loss
 from samclip.models import SamPrompts, create_model
 from samclip.models.teachers import ClipTeacher, SamTeacher
-from samclip.optim import build_optimizer, build_scheduler
-from samclip.task import DistillationTask
-from samclip.tracking import Tracker
+from samclip.train.checkpoint import Checkpointer, StageState
+from samclip.train.distributed import DistEnv
+from samclip.train.loop import LoopOptions, train_stage
+from samclip.train.optim import build_optimizer, build_scheduler
+from samclip.train.tasks.sam_clip import SamClipTask
+from samclip.train.tracking import Tracker
 
 CLIP_BATCH, CLIP_RES, SAM_BATCH, SAM_FRAME, MASKS = 16, 64, 2, 256, 8
 
@@ -64,10 +64,10 @@ class ListStream:
 
 def build(
     seed: int = 0,
-) -> tuple[DistillationTask, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+) -> tuple[SamClipTask, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     torch.manual_seed(seed)
     student = create_model("samclip_tiny")
-    task = DistillationTask(student, ClipTeacher("samclip-tiny-clip", None), SamTeacher(None, "samclip_tiny"))
+    task = SamClipTask(student, ClipTeacher("samclip-tiny-clip", None), SamTeacher(None, "samclip_tiny"))
     optimizer = build_optimizer(
         student, lr=4e-5, weight_decay=0.1, lr_multipliers={"backbone": 0.1, "sam_head": 0.1}
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from train_fakes import train_tiny
 
-from samclip.distributed import init_distributed, shutdown
+from samclip.train.distributed import init_distributed, shutdown
 
 if __name__ == "__main__":
     out, stage, num_steps, clip_micro, sam_micro = (

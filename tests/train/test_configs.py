@@ -11,12 +11,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from samclip import builder
-from samclip.distributed import DistEnv
 from samclip.models import create_model
 from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
-from samclip.smoke import prepare_smoke_assets
-from samclip.train import CONFIG_DIR, _build_student, run
+from samclip.train import builder
+from samclip.train.distributed import DistEnv
+from samclip.train.runner import CONFIG_DIR, _build_student, run
+from samclip.train.smoke import prepare_smoke_assets
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 GROUPS = (
@@ -176,7 +176,7 @@ def test_paper_numbers_are_in_the_full_experiment(tmp_path: Path) -> None:
 
 
 def test_multitask_length_is_16_of_20_epochs() -> None:
-    from samclip.stages import ClipStreamSpec, SamStreamSpec, Stage
+    from samclip.train.stages import ClipStreamSpec, SamStreamSpec, Stage
 
     stage = Stage(
         name="multitask",
@@ -256,7 +256,7 @@ def test_config_errors_fail_before_any_work(
     def no_stage(*args: object, **kwargs: object) -> None:
         raise AssertionError("a stage started before the config error was raised")
 
-    monkeypatch.setattr("samclip.train.run_stage", no_stage)
+    monkeypatch.setattr("samclip.train.runner.run_stage", no_stage)
     with pytest.raises(error, match=_literal(message)):
         run(cfg)
     run_dir = Path(cfg.run_dir)

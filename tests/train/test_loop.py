@@ -9,12 +9,12 @@ import pytest
 import torch
 from train_fakes import FakeClipStream, single_process_env, tiny_task
 
-from samclip.checkpoint import Checkpointer, StageState, load_training_checkpoint
 from samclip.data.bad_samples import SKIP_KINDS
-from samclip.loop import LoopOptions, NonFiniteLossError, train_stage
 from samclip.models import create_model
-from samclip.optim import WarmupCosine, build_optimizer, build_scheduler, set_trainable
-from samclip.tracking import Tracker, read_metrics
+from samclip.train.checkpoint import Checkpointer, StageState, load_training_checkpoint
+from samclip.train.loop import LoopOptions, NonFiniteLossError, train_stage
+from samclip.train.optim import WarmupCosine, build_optimizer, build_scheduler, set_trainable
+from samclip.train.tracking import Tracker, read_metrics
 
 
 class NanAt(FakeClipStream):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from train_fakes import FakeClipStream, single_process_env, train_tiny
 
-from samclip.checkpoint import (
+from samclip.train.checkpoint import (
     Checkpointer,
     LoopCounters,
     StageState,
@@ -23,9 +23,9 @@ from samclip.checkpoint import (
     restore_training_state,
     training_state,
 )
-from samclip.distributed import DistEnv
-from samclip.optim import build_scheduler
-from samclip.tracking import read_metrics
+from samclip.train.distributed import DistEnv
+from samclip.train.optim import build_scheduler
+from samclip.train.tracking import read_metrics
 
 REPO = Path(__file__).parents[2]
 TIMING_KEYS = ("images_per_s/clip", "images_per_s/sam")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from samclip.models.final_checkpoint import load_final_checkpoint
 from samclip.models.teachers import ClipTeacher
-from samclip.tracking import read_metrics
+from samclip.train.tracking import read_metrics
 
 REPO = Path(__file__).parents[2]
 STAGES = ("head_probe", "multitask", "res_adapt")

@@ -7,9 +7,9 @@ import torch
 from train_fakes import clip_images, sam_batch, tiny_task
 
 from samclip.data.batches import ClipBatch, SamBatch
-from samclip.distributed import DistEnv
-from samclip.optim import build_optimizer
-from samclip.step import forward_backward, split_sam
+from samclip.train.distributed import DistEnv
+from samclip.train.optim import build_optimizer
+from samclip.train.step import forward_backward, split_sam
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

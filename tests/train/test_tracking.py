@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from samclip.tracking import Tracker, WandbLogger, read_metrics
+from samclip.train.tracking import Tracker, WandbLogger, read_metrics
 
 
 def test_metrics_lines_and_truncation_on_resume(tmp_path: Path) -> None:

@@ -14,16 +14,16 @@ from typing import Any
 
 import torch
 
-from samclip.checkpoint import Checkpointer, StageState, restore_training_state
 from samclip.data.batches import ClipBatch, SamBatch
-from samclip.distributed import DistEnv, wrap_student
-from samclip.loop import LoopOptions, train_stage
 from samclip.losses import CosineDistillationLoss, MaskDistillationLoss
 from samclip.models import SamPrompts, create_model
 from samclip.models.teachers import ClipTeacher, SamTeacher
-from samclip.optim import build_optimizer, build_scheduler, set_trainable
-from samclip.task import DistillationTask
-from samclip.tracking import Tracker
+from samclip.train.checkpoint import Checkpointer, StageState, restore_training_state
+from samclip.train.distributed import DistEnv, wrap_student
+from samclip.train.loop import LoopOptions, train_stage
+from samclip.train.optim import build_optimizer, build_scheduler, set_trainable
+from samclip.train.tasks.sam_clip import SamClipTask
+from samclip.train.tracking import Tracker
 
 SAM_FRAME = 256  # samclip_tiny's SAM frame
 CLIP_RESOLUTION = 64
@@ -108,13 +108,13 @@ def sam_batch(seed: int, step: int, batch: int) -> tuple[torch.Tensor, list[SamP
     return images, prompts
 
 
-def tiny_task(seed: int = 0, sam_weight: float = 10.0) -> DistillationTask:
+def tiny_task(seed: int = 0, sam_weight: float = 10.0) -> SamClipTask:
     """samclip_tiny student and random tiny teachers, all from ``seed`` (same seed -> same weights)."""
     torch.manual_seed(seed)
     student = create_model("samclip_tiny")
     clip_teacher = ClipTeacher("samclip-tiny-clip", pretrained=None)
     sam_teacher = SamTeacher(None, model_name="samclip_tiny")
-    return DistillationTask(
+    return SamClipTask(
         student, clip_teacher, sam_teacher, CosineDistillationLoss(), MaskDistillationLoss(), 1.0, sam_weight
     )
 
@@ -130,7 +130,7 @@ def train_tiny(
     every_steps: int = 0,
     stop_after: int | None = None,
     seed: int = 0,
-) -> DistillationTask:
+) -> SamClipTask:
     """``num_steps`` steps of the multitask (or head_probe) recipe on in-memory streams, through ``train_stage``.
 
     With ``stop_after`` the loop stops early (as if killed) after checkpointing; calling again with the

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from samclip.distributed import DistEnv, all_reduce_sum, maybe_no_sync
 from samclip.models import SamPrompts
-from samclip.task import DistillationTask
+from samclip.train.distributed import DistEnv, all_reduce_sum, maybe_no_sync
+from samclip.train.tasks.sam_clip import SamClipTask
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def split_sam(
 
 
 def forward_backward(
-    task: DistillationTask,
+    task: SamClipTask,
     student: nn.Module,
     clip_batch: Any | None,
     sam_batch: Any | None,

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from samclip.checkpoint import Checkpointer, StageState, training_state
 from samclip.data.bad_samples import SKIP_KINDS
-from samclip.distributed import DistEnv, all_reduce_sum
-from samclip.step import StepLosses, forward_backward
-from samclip.task import DistillationTask
-from samclip.tracking import Tracker
+from samclip.train.checkpoint import Checkpointer, StageState, training_state
+from samclip.train.distributed import DistEnv, all_reduce_sum
+from samclip.train.step import StepLosses, forward_backward
+from samclip.train.tasks.sam_clip import SamClipTask
+from samclip.train.tracking import Tracker
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,7 +32,7 @@ class LoopOptions:
 
 
 def train_stage(
-    task: DistillationTask,
+    task: SamClipTask,
     student: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,

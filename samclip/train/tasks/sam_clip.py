@@ -19,7 +19,7 @@ from samclip.models.teachers import ClipTeacher, SamTeacher
 StudentForward = Callable[..., SamClipOutput]
 
 
-class DistillationTask:
+class SamClipTask:
     """Student + frozen ``ClipTeacher`` / ``SamTeacher`` + ``L = clip_weight·L_clip + sam_weight·L_sam``."""
 
     def __init__(
@@ -44,7 +44,7 @@ class DistillationTask:
         self.sam_loss_fn = sam_loss if sam_loss is not None else MaskDistillationLoss()
         self.weights = {"clip": float(clip_weight), "sam": float(sam_weight)}
 
-    def to(self, device: torch.device) -> DistillationTask:
+    def to(self, device: torch.device) -> SamClipTask:
         for module in (self.student, self.clip_teacher, self.sam_teacher):
             if module is not None:
                 module.to(device)

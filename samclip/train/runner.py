@@ -18,15 +18,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from samclip import builder
-from samclip.checkpoint import StageState, restore_training_state
 from samclip.config_root import config_dir
-from samclip.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_student
-from samclip.loop import train_stage
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import load_final_checkpoint, save_final_checkpoint
-from samclip.optim import build_scheduler, set_trainable
-from samclip.stages import Stage
+from samclip.train import builder
+from samclip.train.checkpoint import StageState, restore_training_state
+from samclip.train.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_student
+from samclip.train.loop import train_stage
+from samclip.train.optim import build_scheduler, set_trainable
+from samclip.train.stages import Stage
 
 log = logging.getLogger(__name__)
 

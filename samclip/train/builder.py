@@ -14,17 +14,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from samclip.checkpoint import Checkpointer
 from samclip.data import VariableResolutionSchedule
-from samclip.distributed import DistEnv
-from samclip.loop import LoopOptions
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import ClipTeacherSpec
 from samclip.models.teachers import is_checkpoint_path
-from samclip.optim import build_optimizer, set_trainable
-from samclip.stages import STAGE_NAMES, Stage
-from samclip.task import DistillationTask
-from samclip.tracking import Tracker, WandbLogger
+from samclip.train.checkpoint import Checkpointer
+from samclip.train.distributed import DistEnv
+from samclip.train.loop import LoopOptions
+from samclip.train.optim import build_optimizer, set_trainable
+from samclip.train.stages import STAGE_NAMES, Stage
+from samclip.train.tasks.sam_clip import SamClipTask
+from samclip.train.tracking import Tracker, WandbLogger
 
 FINAL_NAME = "final.pt"
 # Keys of data.clip / data.sam that configure the trainer's use of a stream, not the stream itself.
@@ -126,10 +126,10 @@ def build_model(cfg: DictConfig, *, from_sam_checkpoint: bool) -> SamClipModel:
     return instantiate(cfg.model, **({} if from_sam_checkpoint else {"sam_checkpoint": None}))
 
 
-def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> DistillationTask:
+def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> SamClipTask:
     """Student + the teachers and losses of the stage's streams (an unused teacher is not built)."""
     uses_clip, uses_sam = "clip" in stage.streams, "sam" in stage.streams
-    return DistillationTask(
+    return SamClipTask(
         student,
         clip_teacher=instantiate(cfg.teacher.clip) if uses_clip else None,
         sam_teacher=instantiate(cfg.teacher.sam) if uses_sam else None,

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from samclip.distributed import DistEnv, all_gather_object, barrier
 from samclip.models.final_checkpoint import atomic_torch_save
+from samclip.train.distributed import DistEnv, all_gather_object, barrier
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 

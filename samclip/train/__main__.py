@@ -1,0 +1,5 @@
+"""``python -m samclip.train`` (what ``torchrun -m samclip.train`` runs)."""
+
+from samclip.train.runner import main
+
+main()
