@@ -5,13 +5,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from samclip.automatic import generate_masks
 from samclip.models import SamClipConfig, SamClipModel, create_model
+from samclip.predictor import Predictor
+from samclip.pretrained import (
+    create_model_and_transforms,
+    from_pretrained,
+    get_tokenizer,
+    list_models,
+    push_to_hub,
+)
 
 if TYPE_CHECKING:
     from samclip.inference import MergedSamClip
 
 __version__ = "0.1.0"
-__all__ = ["SamClipConfig", "SamClipModel", "__version__", "create_model", "load"]
+__all__ = [
+    "Predictor",
+    "SamClipConfig",
+    "SamClipModel",
+    "__version__",
+    "create_model",
+    "create_model_and_transforms",
+    "from_pretrained",
+    "generate_masks",
+    "get_tokenizer",
+    "list_models",
+    "load",
+    "push_to_hub",
+]
 
 
 def load(path: str | Path) -> MergedSamClip:

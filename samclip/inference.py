@@ -190,6 +190,14 @@ class MergedSamClip(nn.Module):
             )
         raise ValueError(f"unknown semantic segmentation mode {mode!r}; use 'clip' or 'composed'")
 
+    def generate_masks(
+        self, image: ImageLike, labels: Sequence[str] | None = None, **generator_options: Any
+    ) -> list[dict[str, Any]]:
+        """Segment everything (``SamAutomaticMaskGenerator``), each mask named among ``labels`` if given."""
+        from samclip.automatic import generate_masks
+
+        return generate_masks(self, to_uint8_array(image), labels, **generator_options)
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the whole merged model as ``model.safetensors`` + ``config.json`` (read by :func:`load`)."""
         directory = Path(directory)
