@@ -2,6 +2,7 @@
 
     samclip-export CKPT --format sam --out sam_vit_b_samclip.pth
     samclip-export CKPT --format samclip --out merged/
+    samclip-export CKPT --format onnx --out onnx/ [--resolutions 224,1024]
 
 CKPT is a stage's ``final.pt``, or a bare student state dict together with ``--model NAME`` (and, for
 ``--format samclip``, ``--clip-model``/``--clip-pretrained`` naming the text tower).
@@ -101,8 +102,13 @@ def export_samclip(model: SamClipModel, teacher: ClipTeacherSpec | None, out: st
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="samclip-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a stage's final.pt, or a bare student state dict with --model")
-    parser.add_argument("--format", choices=("sam", "samclip"), required=True)
-    parser.add_argument("--out", required=True, help="a .pth file (sam) or a directory (samclip)")
+    parser.add_argument("--format", choices=("sam", "samclip", "onnx"), required=True)
+    parser.add_argument("--out", required=True, help="a .pth file (sam) or a directory (samclip, onnx)")
+    parser.add_argument(
+        "--resolutions",
+        default=None,
+        help="onnx: comma-separated encoder resolutions (default: the SAM frame)",
+    )
     parser.add_argument(
         "--model", default=None, help=f"model name for a bare state dict: {sorted(MODEL_CONFIGS)}"
     )
@@ -113,6 +119,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, teacher = load_student(args.checkpoint, args.model, args.clip_model, args.clip_pretrained)
     if args.format == "sam":
         export_sam(model, args.out)
+    elif args.format == "onnx":
+        from samclip.onnx_export import export_onnx  # imports torch.onnx only when asked
+
+        resolutions = None if args.resolutions is None else [int(r) for r in args.resolutions.split(",")]
+        export_onnx(model, args.out, resolutions)
     else:
         export_samclip(model, teacher, args.out)
     print(args.out)
