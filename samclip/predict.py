@@ -1,25 +1,33 @@
-"""``samclip-predict``: one image in, an overlay PNG of the input's size out.
+"""``samclip-predict``: images in, overlay PNGs of each input's size out.
 
     samclip-predict photo.jpg --checkpoint final.pt --labels "dog,horse,person" --out overlay.png
     samclip-predict photo.jpg --checkpoint merged/ --points "120,80;200,90" --out masks.png
     samclip-predict photo.jpg --checkpoint merged/ --boxes "10,20,200,240" --out masks.png
+    samclip-predict photo.jpg --checkpoint merged/ --everything [--labels "cat,sofa"] --out all.png
+    samclip-predict 'photos/*.jpg' --checkpoint merged/ --labels "dog,cat" --out overlays/
 
 With ``--labels`` it draws zero-shot semantic segmentation (``--mode clip|composed``) with a legend;
-with ``--points`` / ``--boxes`` it draws the SAM head's masks (all points form one prompt; each box is one).
+with ``--points`` / ``--boxes`` it draws the SAM head's masks (all points form one prompt; each box is one)
+and marks the prompts; ``--everything`` draws segment_anything's automatic masks, each named among
+``--labels`` when given. A folder or a glob of images writes one overlay each into the ``--out`` folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from samclip.eval.transforms import to_uint8_array
-from samclip.eval.visualize import class_palette, colorize, draw_legend, overlay
+from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
 from samclip.inference import MergedSamClip, load
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def parse_numbers(text: str, per_item: int, flag: str) -> np.ndarray:
@@ -55,46 +63,96 @@ def mask_overlay(
         masks.append(model.segment(image, boxes=boxes).masks.cpu().numpy())
     if points is not None:
         masks.append(model.segment(image, points=points[None]).masks.cpu().numpy())
+    all_masks = np.concatenate(masks)
+    picture = masks_overlay(image, all_masks, [f"mask {index}" for index in range(len(all_masks))])
+    return draw_prompts(picture, points=points, boxes=boxes)
+
+
+def everything_overlay(model: MergedSamClip, image: np.ndarray, labels: Sequence[str] | None) -> Image.Image:
+    """segment_anything's automatic masks (largest drawn first), named by the CLIP head when ``labels`` are given."""
+    records = sorted(model.generate_masks(image, labels), key=lambda record: -record["area"])
+    masks = (
+        np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
+    )
+    names = [
+        f"{r['label']} {r['label_prob']:.2f}" if labels else f"mask {i} (iou {r['predicted_iou']:.2f})"
+        for i, r in enumerate(records)
+    ]
+    return masks_overlay(image, masks, names)
+
+
+def masks_overlay(image: np.ndarray, masks: np.ndarray, names: Sequence[str]) -> Image.Image:
     palette = class_palette(256)[1:]
     canvas = image
-    names, colors = [], []
-    for index, mask in enumerate(np.concatenate(masks)):
+    colors = []
+    for index, mask in enumerate(masks):
         color = palette[index % len(palette)]
         canvas = overlay(canvas, np.broadcast_to(color, image.shape), mask)
-        names.append(f"mask {index}")
         colors.append(color)
-    return draw_legend(Image.fromarray(canvas), names, colors)
+    return draw_legend(Image.fromarray(canvas), list(names), colors)
+
+
+def expand_inputs(pattern: str) -> list[Path]:
+    """A file, a folder (its images) or a glob; an error names what matched nothing."""
+    path = Path(pattern)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file():
+        return [path]
+    else:
+        found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    if not found:
+        raise FileNotFoundError(f"{pattern}: no image files (a file, a folder of images or a glob)")
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="samclip-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("image")
+    parser.add_argument("image", help="an image file, a folder of images or a glob ('photos/*.jpg')")
     parser.add_argument("--checkpoint", required=True, help="a final.pt or a samclip export directory")
     parser.add_argument("--labels", default=None, help='comma-separated class names, e.g. "dog,horse,person"')
     parser.add_argument("--mode", choices=("clip", "composed"), default="clip")
     parser.add_argument("--threshold", type=float, default=0.5, help="composed mode's point threshold")
     parser.add_argument("--points", default=None, help='"x,y[;x,y]" foreground points (one prompt)')
     parser.add_argument("--boxes", default=None, help='"x0,y0,x1,y1[;...]" boxes (one mask each)')
-    parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--everything", action="store_true", help="automatic masks (SamAutomaticMaskGenerator)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="the overlay PNG, or a folder when several images are given"
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    if (args.labels is None) == (args.points is None and args.boxes is None):
-        parser.error("give either --labels (semantic segmentation) or --points/--boxes (SAM masks)")
-    image = to_uint8_array(Path(args.image))
-    model = load(args.checkpoint, device=args.device)
+    prompted = args.points is not None or args.boxes is not None
+    if args.everything and prompted:
+        parser.error("--everything segments without prompts: drop --points/--boxes")
+    if not args.everything and (args.labels is None) == (not prompted):
+        parser.error("give --labels (semantic segmentation), --points/--boxes (SAM masks) or --everything")
+    labels = None
     if args.labels is not None:
         labels = [label.strip() for label in args.labels.split(",") if label.strip()]
         if not labels:
             parser.error("--labels is empty")
-        result = semantic_overlay(model, image, labels, args.mode, args.threshold)
-    else:
-        points = None if args.points is None else parse_numbers(args.points, 2, "--points")
-        boxes = None if args.boxes is None else parse_numbers(args.boxes, 4, "--boxes")
-        result = mask_overlay(model, image, points, boxes)
-    assert result.size == (image.shape[1], image.shape[0])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    result.save(args.out)
-    print(args.out)
+    points = None if args.points is None else parse_numbers(args.points, 2, "--points")
+    boxes = None if args.boxes is None else parse_numbers(args.boxes, 4, "--boxes")
+    inputs = expand_inputs(args.image)
+    out = Path(args.out)
+    # A folder or a glob writes into the --out folder even when it matched one image.
+    several = not Path(args.image).is_file()
+    targets = [out / f"{path.stem}.png" for path in inputs] if several else [out]
+    model = load(args.checkpoint, device=args.device)
+    for path, target in zip(tqdm(inputs, desc="predict", disable=not several), targets, strict=True):
+        image = to_uint8_array(path)
+        if args.everything:
+            result = everything_overlay(model, image, labels)
+        elif labels is not None:
+            result = semantic_overlay(model, image, labels, args.mode, args.threshold)
+        else:
+            result = mask_overlay(model, image, points, boxes)
+        assert result.size == (image.shape[1], image.shape[0])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        result.save(target)
+        print(target)
 
 
 if __name__ == "__main__":

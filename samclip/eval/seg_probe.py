@@ -369,6 +369,7 @@ def _evaluate(
                 prediction,
                 sample.label,
                 palette,
+                classnames=dataset.classnames,
             )
         if save_predictions:
             (run_dir / "predictions").mkdir(parents=True, exist_ok=True)

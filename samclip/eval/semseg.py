@@ -69,6 +69,7 @@ def evaluate_semseg(
                 label_map,
                 sample.label,
                 palette,
+                classnames=dataset.classnames,
             )
     iou = confusion.iou()
     return {
