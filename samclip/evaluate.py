@@ -11,6 +11,7 @@ directory.
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import samclip
 from samclip.config_root import config_dir
 from samclip.eval.report import to_markdown, write_results
-from samclip.inference import load
+from samclip.inference import MergedSamClip, load
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,40 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = load(cfg.checkpoint, device=device) if cfg.checkpoint else None
     task = instantiate(task_config, _partial_=True)
     results = task(model=model, run_dir=run_dir)
+    results["provenance"] = provenance(model, cfg)
     path = write_results(run_dir, name, results)
     log.info("wrote %s\n%s", path, to_markdown(name, {k: v for k, v in results.items() if k != "per_class"}))
     return results
+
+
+def provenance(model: MergedSamClip | None, cfg: DictConfig) -> dict[str, Any]:
+    """What produced a results.json: the checkpoint (path, stage, step), the resolved eval config, the code."""
+    return {
+        "checkpoint": None if model is None else dict(model.source),
+        "eval_config": OmegaConf.to_container(cfg, resolve=True),
+        "samclip_version": samclip.__version__,
+        "git_commit": source_commit(),
+    }
+
+
+def source_commit() -> str | None:
+    """The git commit of the samclip source tree in use (None for an installed wheel or without git)."""
+    package = Path(samclip.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(package), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")

@@ -94,6 +94,9 @@ class MergedSamClip(nn.Module):
         self.model = model.eval()
         self.text = text
         self.clip_teacher = clip_teacher
+        self.source: dict[
+            str, Any
+        ] = {}  # where it was loaded from (path, stage, step), for provenance records
         self._classifiers: dict[tuple[tuple[str, ...], tuple[Template, ...]], torch.Tensor] = {}
 
     @property
@@ -226,8 +229,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> MergedSamClip:
         final = load_final_checkpoint(path)
         text = TextEncoder.from_open_clip(final.clip_teacher.model_name, final.clip_teacher.pretrained)
         merged = MergedSamClip(final.build_model(), text, final.clip_teacher)
+        merged.source.update(stage=final.stage, step=final.step)
     else:
         raise FileNotFoundError(f"{path} is neither a final.pt checkpoint nor an exported samclip directory")
+    merged.source["path"] = str(path.absolute())
     return merged.to(device).eval()
 
 

@@ -20,6 +20,16 @@ def write_results(run_dir: str | Path, task: str, results: dict[str, Any]) -> Pa
 def to_markdown(task: str, results: dict[str, Any]) -> str:
     """Scalars in one table; each nested mapping (e.g. ``per_class``) or list of rows in its own table."""
     lines = [f"# {task}", ""]
+    source = results.get("provenance")
+    results = {key: value for key, value in results.items() if key != "provenance"}
+    if source is not None:
+        checkpoint = source.get("checkpoint") or {}
+        lines += [
+            f"checkpoint `{checkpoint.get('path')}` (stage {checkpoint.get('stage', '-')}, "
+            f"step {checkpoint.get('step', '-')}); samclip {source.get('samclip_version')} "
+            f"at {source.get('git_commit') or 'an unknown commit'}; eval config in results.json",
+            "",
+        ]
     scalars = {key: value for key, value in results.items() if not isinstance(value, dict | list)}
     if scalars:
         lines += ["| metric | value |", "|---|---|"]

@@ -50,6 +50,11 @@ def evaluate_zeroshot_cls(
                 raise ValueError("layout=imagefolder needs eval.root")
             loader, folders = image_folder_loader(root, transform, batch_size, num_workers)
             names = read_classnames(classnames, folders)
+            if len(names) != len(folders):
+                raise ValueError(
+                    f"eval.classnames gives {len(names)} class names but eval.root {root} has {len(folders)} "
+                    "class folders (leave eval.classnames null to name classes by their folders)"
+                )
         elif layout == "webdataset":
             if shards is None:
                 raise ValueError("layout=webdataset needs eval.shards")

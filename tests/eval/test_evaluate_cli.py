@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_method
 from omegaconf import OmegaConf
 
+import samclip
 from samclip.eval.datasets.classnames import VOC_CLASSES
 from samclip.evaluate import CONFIG_DIR, main
 
@@ -88,8 +89,16 @@ def test_semseg_voc_run_writes_results_markdown_and_pictures(final_checkpoint, t
     assert results["task"] == "semseg_voc" and results["mode"] == mode and results["num_images"] == 3
     assert set(results["per_class"]) == set(VOC_CLASSES)
     assert 0.0 <= results["mIoU"] <= 100.0
+    source = results["provenance"]  # what produced these numbers
+    assert source["checkpoint"] == {"path": str(final_checkpoint.absolute()), "stage": "multitask", "step": 7}
+    assert source["eval_config"]["eval"]["mode"] == mode and source["eval_config"]["checkpoint"] == str(
+        final_checkpoint
+    )
+    assert source["samclip_version"] == samclip.__version__
+    assert source["git_commit"] is None or len(source["git_commit"].split("-")[0]) == 40
     markdown = (run_dir / "results.md").read_text()
     assert "| mIoU |" in markdown and "## per_class" in markdown
+    assert f"checkpoint `{final_checkpoint.absolute()}` (stage multitask, step 7)" in markdown
     assert len(list((run_dir / "qualitative").glob("*.png"))) == 2
 
 

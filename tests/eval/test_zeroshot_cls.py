@@ -150,3 +150,18 @@ def test_errors_name_the_missing_input(merged, tmp_path):
         evaluate_zeroshot_cls(merged, tmp_path, layout="imagefolder", root=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="layout"):
         evaluate_zeroshot_cls(merged, tmp_path, layout="csv", root=str(tmp_path))
+
+
+def test_class_count_must_match_the_folders(merged, tmp_path):
+    root = write_image_folder(tmp_path / "data", CLASSNAMES[:3], COLORS[:3])
+    with pytest.raises(ValueError, match=r"1000 class names but eval.root .* has 3 class folders"):
+        evaluate_zeroshot_cls(merged, tmp_path / "run", layout="imagefolder", root=str(root), classnames="imagenet",
+                              resolutions=[224], num_workers=0)  # fmt: skip
+
+
+def test_the_config_default_names_classes_by_their_folders():
+    from omegaconf import OmegaConf
+
+    from samclip.evaluate import CONFIG_DIR
+
+    assert OmegaConf.load(CONFIG_DIR / "eval" / "zeroshot_cls.yaml").classnames is None
