@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 from safetensors.torch import load_model, save_model
@@ -31,7 +30,7 @@ from samclip.models import SamClipConfig, SamClipModel, Segmentation, create_mod
 from samclip.models.final_checkpoint import ClipTeacherSpec, load_final_checkpoint
 
 # Importing teachers also registers samclip's small open_clip configs.
-from samclip.models.teachers import is_checkpoint_path
+from samclip.models.teachers import create_open_clip, is_checkpoint_path, open_clip_tokenizer
 
 EXPORT_FORMAT = "samclip-merged"
 EXPORT_VERSION = 1
@@ -47,14 +46,14 @@ class TextEncoder(nn.Module):
         clip_model.visual = nn.Identity()  # encode_text never touches it; this frees the image tower
         self.clip = clip_model.requires_grad_(False).eval()
         self.model_name = model_name
-        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.tokenizer = open_clip_tokenizer(model_name)
 
     @classmethod
     def from_open_clip(cls, model_name: str, pretrained: str | None = None) -> TextEncoder:
         """``pretrained`` is an open_clip tag or a checkpoint file (as the CLIP teacher's spec records)."""
         if is_checkpoint_path(pretrained) and not Path(pretrained).is_file():
             raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist")
-        return cls(open_clip.create_model(model_name, pretrained=pretrained or None), model_name)
+        return cls(create_open_clip(model_name, pretrained), model_name)
 
     @property
     def device(self) -> torch.device:
@@ -247,7 +246,7 @@ def _load_exported(directory: Path) -> MergedSamClip:
     teacher = config.get("clip_teacher")
     merged = MergedSamClip(
         create_model_from_config(config["model_config"]),
-        TextEncoder(open_clip.create_model(config["text_model"], pretrained=None), config["tokenizer"]),
+        TextEncoder(create_open_clip(config["text_model"], None), config["tokenizer"]),
         None if teacher is None else ClipTeacherSpec(**teacher),
     )
     load_model(merged, str(weights_path), strict=True)

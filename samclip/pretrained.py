@@ -85,16 +85,16 @@ def create_model_and_transforms(
 
 def get_tokenizer(name_or_path: str | Path) -> Callable[[Sequence[str]], torch.Tensor]:
     """The text tower's tokenizer: recorded in a final.pt / export directory, else an open_clip model name."""
-    import open_clip
+    from samclip.models.teachers import open_clip_tokenizer
 
     path = Path(name_or_path)
     if path.is_dir() and (path / "config.json").is_file():
-        return open_clip.get_tokenizer(json.loads((path / "config.json").read_text())["tokenizer"])
+        return open_clip_tokenizer(json.loads((path / "config.json").read_text())["tokenizer"])
     if path.is_file():
         from samclip.models.final_checkpoint import load_final_checkpoint
 
-        return open_clip.get_tokenizer(load_final_checkpoint(path).clip_teacher.model_name)
-    return open_clip.get_tokenizer(str(name_or_path))
+        return open_clip_tokenizer(load_final_checkpoint(path).clip_teacher.model_name)
+    return open_clip_tokenizer(str(name_or_path))
 
 
 def from_pretrained(

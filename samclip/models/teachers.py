@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import open_clip
@@ -18,6 +20,33 @@ from samclip.models.sam_head import SamHeadOutput, decode_masks
 
 # Small open_clip architectures for tests and the smoke run, registered next to open_clip's own.
 open_clip.add_model_config(Path(__file__).parent / "clip_configs")
+
+
+def create_open_clip(model_name: str, pretrained: str | None) -> nn.Module:
+    """``open_clip.create_model`` without its root-logger chatter (11 INFO lines a build).
+
+    With ``pretrained=None`` the caller loads the weights itself, so open_clip's "initialized randomly" warning
+    would be wrong and is silenced too; real problems still raise.
+    """
+    with _logging_disabled(logging.INFO if pretrained else logging.WARNING):
+        return open_clip.create_model(model_name, pretrained=pretrained or None)
+
+
+def open_clip_tokenizer(model_name: str) -> Callable[[Sequence[str]], torch.Tensor]:
+    """``open_clip.get_tokenizer`` without its INFO lines."""
+    with _logging_disabled(logging.INFO):
+        return open_clip.get_tokenizer(model_name)
+
+
+@contextlib.contextmanager
+def _logging_disabled(level: int) -> Iterator[None]:
+    # open_clip logs through the root logger, so a module logger's level cannot scope it.
+    previous = logging.root.manager.disable
+    logging.disable(max(level, previous))
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 class FrozenTeacher(nn.Module):
@@ -42,8 +71,8 @@ class ClipTeacher(FrozenTeacher):
             raise FileNotFoundError(f"CLIP teacher checkpoint {pretrained} does not exist")
         self.model_name = model_name
         self.pretrained = pretrained
-        self.model = open_clip.create_model(model_name, pretrained=pretrained or None)
-        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.model = create_open_clip(model_name, pretrained)
+        self.tokenizer = open_clip_tokenizer(model_name)
         visual = self.model.visual
         self.image_size = _square_side(visual.image_size)
         self.register_buffer(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,11 +69,18 @@ def wrap_student(module: nn.Module, env: DistEnv, find_unused_parameters: bool) 
     """DDP over the student's trainable parameters only (frozen parameters are not registered by DDP)."""
     if not env.is_distributed:
         return module
+    # Buffers are not synced in forward: the student's are constants, identical on every rank (same seed).
+    # Newer torch renames the option (and warns on the old name).
+    no_buffer_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else {"broadcast_buffers": False}
+    )
     return DistributedDataParallel(
         module,
         device_ids=[env.local_rank] if env.device.type == "cuda" else None,
         find_unused_parameters=find_unused_parameters,
-        broadcast_buffers=False,
+        **no_buffer_sync,
     )
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import open_clip
 import torch
 
 from samclip.data import make_synthetic_data
 from samclip.models import get_model_config
 from samclip.models.final_checkpoint import atomic_torch_save
 from samclip.models.sam_checkpoint import build_official_sam
+from samclip.models.teachers import create_open_clip
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def prepare_smoke_assets(
     if not Path(clip_teacher).is_file():
         log.info("smoke: writing a random %s CLIP teacher to %s", clip_model_name, clip_teacher)
         torch.manual_seed(seed)
-        model = open_clip.create_model(clip_model_name, pretrained=None)
+        model = create_open_clip(clip_model_name, None)
         atomic_torch_save(model.state_dict(), clip_teacher)
     if not Path(sam_teacher).is_file():
         log.info("smoke: writing a random %s SAM teacher to %s", sam_model_name, sam_teacher)

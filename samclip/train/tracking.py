@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import netrc
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from tqdm import tqdm
 
@@ -20,7 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class WandbLogger:
-    """wandb run; ``mode="auto"`` is online with ``WANDB_API_KEY`` set and offline otherwise."""
+    """wandb run of one stage. ``mode="auto"`` is online when wandb has credentials (``WANDB_API_KEY`` or a
+    ``wandb login`` entry in the netrc file) and offline otherwise (``wandb sync`` later).
+
+    The run id is kept in ``<stage_dir>/wandb_run_id`` so that a resumed stage continues the same wandb run;
+    the stages of a run share a ``group`` (the run name).
+    """
+
+    ID_FILE = "wandb_run_id"
 
     def __init__(
         self,
@@ -35,22 +44,39 @@ class WandbLogger:
         import wandb
 
         if mode == "auto":
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        kwargs = dict(
+            mode = "online" if has_wandb_credentials() else "offline"
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        id_file = directory / self.ID_FILE
+        kwargs: dict[str, Any] = dict(
             project=project, name=name, entity=entity, group=group, dir=str(directory), config=config
         )
+        if id_file.is_file():  # a resumed stage: the same wandb run
+            kwargs.update(id=id_file.read_text().strip(), resume="allow")
         try:
             self.run = wandb.init(mode=mode, **kwargs)
         except Exception as error:  # no network: keep the run, sync it later with `wandb sync`
             log.warning("wandb %s init failed (%s); logging offline", mode, error)
             self.run = wandb.init(mode="offline", **kwargs)
+        id_file.write_text(f"{self.run.id}\n")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.run.log(metrics, step=step)
 
     def close(self) -> None:
         self.run.finish()
+
+
+def has_wandb_credentials() -> bool:
+    """``WANDB_API_KEY``, or a netrc entry for wandb's host (what ``wandb login`` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return path.is_file() and netrc.netrc(str(path)).authenticators(host) is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
 
 
 class Tracker:
@@ -120,7 +146,7 @@ class Tracker:
             self.bar.set_postfix(loss=f"{line.get('loss', float('nan')):.4f}", refresh=False)
         else:
             log.info(
-                "%s step %d/%d loss %.4f  %.1f clip img/s  %.1f sam img/s",
+                "%s step %d/%d loss %.4g  %.3g clip img/s  %.3g sam img/s",
                 self.stage,
                 step,
                 self.last_step,
@@ -155,26 +181,50 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 CURVES = (("loss", "total loss"), ("loss_clip", "L_clip"), ("loss_sam", "L_sam"), ("grad_norm", "grad norm"))
+# Families drawn as one panel each, a line per key: learning rates per group, throughput per stream.
+CURVE_FAMILIES = (("lr/", "learning rate"), ("images_per_s/", "images / s"))
+
+
+def _panels(metrics: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """(title, keys) per panel: the losses and grad norm, the families, then each ``val/`` metric."""
+    logged = list(dict.fromkeys(key for m in metrics for key, value in m.items() if value is not None))
+    panels = [(label, [key]) for key, label in CURVES if key in logged]
+    for prefix, label in CURVE_FAMILIES:
+        keys = [key for key in logged if key.startswith(prefix)]
+        if keys and any(m.get(k) for m in metrics for k in keys):
+            panels.append((label, keys))
+    panels += [(key, [key]) for key in logged if key.startswith("val/")]
+    return panels
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: str | Path, title: str) -> None:
-    """One panel per logged curve (losses, grad norm) against the step, written as a PNG."""
+    """One panel per logged curve (losses, grad norm, learning rates, throughput, validation) against the step."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a display
     import matplotlib.pyplot as plt
 
-    panels = [(key, label) for key, label in CURVES if any(m.get(key) is not None for m in metrics)]
+    panels = _panels(metrics)
     if not panels:
         return
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
-    for axis, (key, label) in zip(axes[0], panels, strict=True):
-        points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
-        steps, values = zip(*points, strict=True)
-        axis.plot(steps, values, marker="." if len(points) < 50 else None)
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.9 * rows), squeeze=False)
+    for axis, (label, keys) in zip(axes.flat, panels, strict=False):
+        for key in keys:
+            points = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), int | float)]
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            name = key.split("/", 1)[1] if len(keys) > 1 else None
+            axis.plot(steps, values, marker="." if len(points) < 50 else None, label=name)
         axis.set_title(label)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
+        if len(keys) > 1:
+            axis.legend(fontsize="small")
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_visible(False)
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
