@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import samclip
+from samclip.cli_errors import user_errors
 from samclip.config_root import config_dir
 from samclip.eval.report import to_markdown, write_results
 from samclip.inference import MergedSamClip, load
@@ -90,9 +92,28 @@ def source_commit() -> str | None:
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    """Console entry point: ``samclip-eval eval=<task> checkpoint=FILE run_dir=DIR [eval.* overrides]``."""
-    evaluate(cfg)
+def hydra_main(cfg: DictConfig) -> None:
+    with user_errors("samclip-eval"):
+        evaluate(cfg)
+
+
+def main() -> None:
+    """Console entry point: ``samclip-eval eval=<task> checkpoint=FILE run_dir=DIR [eval.* overrides]``.
+
+    User errors print one line and exit 2 (``SAMCLIP_DEBUG=1`` or ``HYDRA_FULL_ERROR=1``: the traceback).
+    """
+    arguments = sys.argv[1:]
+    # Checked before Hydra: its own report of the unset run_dir is a 100-line interpolation error.
+    asks_hydra = any(argument.startswith("-") for argument in arguments)  # --help, --cfg, -m, ...
+    if not asks_hydra and not any(
+        argument.lstrip("+").startswith(("run_dir=", "hydra.run.dir=")) for argument in arguments
+    ):
+        print(
+            "samclip-eval: error: run_dir=DIR is required (where results.json, results.md and pictures go)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    hydra_main()
 
 
 if __name__ == "__main__":

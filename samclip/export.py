@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from samclip.cli_errors import pop_debug_flag, user_errors
 from samclip.inference import MergedSamClip, TextEncoder
 from samclip.models import MODEL_CONFIGS, SamClipModel, create_model
 from samclip.models.config import SAM_REGISTRY_NAMES
@@ -80,12 +82,37 @@ def load_student(
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{path} is not a state dict of {model_name}: {error}") from error
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{path} is not a state dict of {model_name}: {mismatch}")
+    model.load_state_dict(state, strict=True)
     teacher = None if clip_model is None else ClipTeacherSpec(clip_model, clip_pretrained)
     return model, teacher
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], given: object) -> str | None:
+    """A one-line summary of how ``given`` differs from ``expected`` (None when it loads), not torch's
+    one line per tensor (100 KB for a ViT-B of the wrong size)."""
+    if not isinstance(given, dict):
+        return f"it holds a {type(given).__name__}, not a state dict"
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    resized = [
+        key for key, value in expected.items()
+        if key in given and hasattr(given[key], "shape") and tuple(given[key].shape) != tuple(value.shape)
+    ]  # fmt: skip
+    parts = []
+    if resized:
+        key = resized[0]
+        parts.append(
+            f"{len(resized)} tensors of another shape (e.g. {key}: {tuple(given[key].shape)} here, "
+            f"{tuple(expected[key].shape)} expected)"
+        )
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None
 
 
 def export_samclip(model: SamClipModel, teacher: ClipTeacherSpec | None, out: str | Path) -> Path:
@@ -100,6 +127,13 @@ def export_samclip(model: SamClipModel, teacher: ClipTeacherSpec | None, out: st
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point; user errors print one line and exit 2 (``--debug`` for the traceback)."""
+    argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    with user_errors("samclip-export", debug=debug or None):
+        export_cli(argv)
+
+
+def export_cli(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="samclip-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a stage's final.pt, or a bare student state dict with --model")
     parser.add_argument("--format", choices=("sam", "samclip", "onnx"), required=True)

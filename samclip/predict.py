@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from samclip.cli_errors import pop_debug_flag, user_errors
 from samclip.eval.transforms import to_uint8_array
 from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
 from samclip.inference import MergedSamClip, load
@@ -98,6 +100,8 @@ def expand_inputs(pattern: str) -> list[Path]:
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     elif path.is_file():
+        with Image.open(path) as image:  # a non-image fails here, before the model loads
+            image.verify()
         return [path]
     else:
         found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
@@ -107,6 +111,13 @@ def expand_inputs(pattern: str) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point; user errors print one line and exit 2 (``--debug`` for the traceback)."""
+    argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    with user_errors("samclip-predict", debug=debug or None):
+        predict_cli(argv)
+
+
+def predict_cli(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="samclip-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("image", help="an image file, a folder of images or a glob ('photos/*.jpg')")
     parser.add_argument("--checkpoint", required=True, help="a final.pt or a samclip export directory")

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from samclip.cli_errors import pop_debug_flag, user_errors
 from samclip.data.manifest import scan_image_ids, split_subset, write_manifest
 from samclip.data.shards import expand_urls
 from samclip.data.synth import make_synthetic_data
@@ -98,12 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     preview.add_argument("--seed", type=int, default=0)
     preview.set_defaults(func=_preview)
 
+    argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
-    try:
+    with user_errors(f"samclip-data {args.command}", debug=debug or None):
         args.func(args)
-    except (ValueError, FileNotFoundError) as exn:
-        print(f"samclip-data {args.command}: error: {exn}", file=sys.stderr)
-        raise SystemExit(2) from exn
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ needs besides the step counter.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import tarfile
@@ -30,13 +31,19 @@ def is_local(url: str) -> bool:
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """A brace pattern or a list of paths/patterns/``pipe:`` URLs -> the flat shard list.
+    """A brace pattern, a shell glob or a list of paths/patterns/``pipe:`` URLs -> the flat shard list.
 
     Local shards must exist: a missing file in a shard list is a configuration error, reported with its
     path, not a bad sample. A local folder that holds tars (and no loose samples) stands for its tars.
     """
     items = [urls] if isinstance(urls, str) else [str(u) for u in urls]
-    expanded = [t for item in items for u in braceexpand.braceexpand(item) for t in _tars_of_folder(u)]
+    expanded = [
+        shard
+        for item in items
+        for url in braceexpand.braceexpand(item)
+        for path in _glob(url)
+        for shard in _tars_of_folder(path)
+    ]
     if not expanded:
         raise ValueError(f"shard list {urls!r} is empty")
     missing = [u for u in expanded if is_local(u) and not os.path.exists(u)]
@@ -45,6 +52,16 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
             f"shard list {urls!r}: {len(missing)} of {len(expanded)} shards not found, e.g. {missing[0]}"
         )
     return expanded
+
+
+def _glob(url: str) -> list[str]:
+    """A local shell pattern (``/data/cc3m/*.tar``) -> its sorted matches; anything else as it is."""
+    if not (is_local(url) and glob.has_magic(url)):
+        return [url]
+    matches = sorted(glob.glob(url))
+    if not matches:
+        raise FileNotFoundError(f"shard pattern {url} matches no file")
+    return matches
 
 
 def _tars_of_folder(url: str) -> list[str]:
@@ -56,6 +73,8 @@ def _tars_of_folder(url: str) -> list[str]:
     loose = [
         n for n in names if not n.endswith(".tar") and _split_name(n)[1] in {"jpg", "jpeg", "png", "webp"}
     ]
+    if not tars and not loose:
+        raise ValueError(f"no shards in {url}: the folder holds neither .tar shards nor image samples")
     return tars if tars and not loose else [url]
 
 

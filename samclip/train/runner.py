@@ -18,6 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from samclip.cli_errors import user_errors
 from samclip.config_root import config_dir
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import load_final_checkpoint, save_final_checkpoint
@@ -148,7 +149,9 @@ def _resolve_run_dir(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    """User errors print one line and exit 2 (``SAMCLIP_DEBUG=1`` or ``HYDRA_FULL_ERROR=1``: the traceback)."""
+    with user_errors("samclip-train"):
+        run(cfg)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -97,3 +98,19 @@ def test_a_folder_of_tars_stands_for_its_tars(tmp_path):
     (pairs / "sa_1.jpg").write_bytes(b"")
     (pairs / "sa_1.json").write_text("{}")
     assert expand_urls(str(pairs)) == [str(pairs)]  # a folder of jpg/json pairs is itself the shard
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=f"no shards in {tmp_path / 'empty'}"):
+        expand_urls(str(tmp_path / "empty"))
+
+
+def test_shell_globs_expand_like_brace_patterns(tmp_path):
+    from samclip.data.shards import expand_urls
+
+    data = tmp_path / "data"
+    data_cli(["synth", "--out", str(data)])
+    tars = sorted(str(p) for p in (data / "clip").glob("*.tar"))
+    assert expand_urls(str(data / "clip" / "*.tar")) == tars
+    assert expand_urls([str(data / "clip" / "0000[01].tar")]) == tars[:2]
+    assert expand_urls(str(data / "clip" / "{00000..00001}.tar")) == tars[:2]
+    with pytest.raises(FileNotFoundError, match=r"matches no file"):
+        expand_urls(str(data / "clip" / "*.tgz"))

@@ -10,6 +10,7 @@ import torch
 from constructed import random_student
 from segment_anything import SamPredictor, sam_model_registry
 
+from samclip.export import export_cli
 from samclip.export import main as export_main
 from samclip.inference import load
 from samclip.models.sam_checkpoint import build_official_sam
@@ -62,7 +63,7 @@ def test_bare_state_dict_export_needs_the_model_name(tmp_path):
     )
     assert not any(key.startswith("clip_head") for key in exported)
     with pytest.raises(ValueError, match="clip-model"):
-        export_main(
+        export_cli(
             [str(state), "--model", "samclip_tiny", "--format", "samclip", "--out", str(tmp_path / "d")]
         )
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
-from samclip.predict import main, parse_numbers
+from samclip.predict import main, parse_numbers, predict_cli
 
 
 @pytest.fixture
@@ -102,8 +102,8 @@ def test_a_folder_or_glob_writes_one_overlay_per_image(final_checkpoint, tmp_pat
         assert written == (["a.png", "b.png"] if out.name == "dir_out" else ["a.png"])
         assert Image.open(out / "a.png").size == (60, 40)
     with pytest.raises(FileNotFoundError, match="no image files"):
-        main([str(tmp_path / "nothing" / "*.jpg"), "--checkpoint", str(final_checkpoint), "--labels", "dog",
-              "--out", str(tmp_path / "x")])  # fmt: skip
+        predict_cli([str(tmp_path / "nothing" / "*.jpg"), "--checkpoint", str(final_checkpoint), "--labels", "dog",
+                     "--out", str(tmp_path / "x")])  # fmt: skip
 
 
 def test_legend_and_prompt_marks_scale_with_the_image():
