@@ -37,18 +37,22 @@ def draw_sam_image(batch: SamBatch, index: int) -> Image.Image:
         pixels[mask] = (1 - MASK_ALPHA) * pixels[mask] + MASK_ALPHA * colour
     picture = _to_pil(torch.from_numpy(pixels).permute(2, 0, 1))
     draw = ImageDraw.Draw(picture)
+    # Sizes follow the frame, so points stay visible once a 1024 frame is scaled into a preview cell.
+    scale = max(1.0, max(width, height) / 256)
+    radius, line = round(POINT_RADIUS * scale), max(2, round(scale))
     k = 0
     for group in (g for g in batch.prompts if g.image_index == index):
         for n in range(group.num_prompts):
             colour = _colour(k)
             if group.boxes is not None:
-                draw.rectangle([float(v) for v in group.boxes[n]], outline=colour, width=2)
+                draw.rectangle([float(v) for v in group.boxes[n]], outline=colour, width=line)
             if group.point_coords is not None:
                 for (x, y), label in zip(
                     group.point_coords[n].tolist(), group.point_labels[n].tolist(), strict=True
                 ):
-                    box = (x - POINT_RADIUS, y - POINT_RADIUS, x + POINT_RADIUS, y + POINT_RADIUS)
-                    draw.ellipse(box, fill=colour if label == 1 else (0, 0, 0), outline=(255, 255, 255))
+                    box = (x - radius, y - radius, x + radius, y + radius)
+                    fill = colour if label == 1 else (0, 0, 0)
+                    draw.ellipse(box, fill=fill, outline=(255, 255, 255), width=max(1, line // 2))
             k += 1
     return picture
 

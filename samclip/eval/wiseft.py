@@ -90,4 +90,33 @@ def evaluate_wiseft(
                 {f"{name}/{key}": value for key, value in results.items() if isinstance(value, int | float)}
             )
         points.append(row)
+    plot_sweep(points, Path(run_dir) / "wiseft.png")
     return {"checkpoint_a": str(checkpoint_a), "points": points}
+
+
+def plot_sweep(points: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Each task's metrics against α (the paper's Figure 8): one panel per task, a line per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(key for row in points for key in row if key != "alpha"))
+    tasks = list(dict.fromkeys(key.split("/", 1)[0] for key in metrics))
+    if not tasks:
+        return
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        for key in (m for m in metrics if m.startswith(f"{task}/") and not m.endswith("num_images")):
+            series = [(row["alpha"], row[key]) for row in points if isinstance(row.get(key), int | float)]
+            if series:
+                axis.plot(*zip(*series, strict=True), marker="o", label=key.split("/", 1)[1])
+        axis.set_title(task)
+        axis.set_xlabel("α  (0: checkpoint_a, 1: checkpoint)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.suptitle("Wise-FT weight interpolation")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -114,3 +114,19 @@ def test_shell_globs_expand_like_brace_patterns(tmp_path):
     assert expand_urls(str(data / "clip" / "{00000..00001}.tar")) == tars[:2]
     with pytest.raises(FileNotFoundError, match=r"matches no file"):
         expand_urls(str(data / "clip" / "*.tgz"))
+
+
+def test_points_stay_visible_in_a_1024_frame_preview():
+    frame = 1024
+    batch = SamBatch(
+        images=torch.full((1, 3, frame, frame), 0.5),
+        input_sizes=torch.tensor([[frame, frame]]),
+        original_sizes=torch.tensor([[frame, frame]]),
+        prompts=[
+            SamPrompts(0, point_coords=torch.tensor([[[500.0, 500.0]]]), point_labels=torch.tensor([[1]]))
+        ],
+    )
+    picture = np.asarray(draw_sam_image(batch, 0)).astype(int)
+    rows = np.nonzero((picture != 128).any(-1).any(1))[0]
+    # Scaled into a 512-px preview cell the disc keeps a diameter of at least 16 px (32 in the frame).
+    assert rows.max() - rows.min() >= 32

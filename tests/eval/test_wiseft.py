@@ -40,6 +40,7 @@ def test_alpha_0_and_1_reproduce_the_endpoints(classifying_checkpoints, tmp_path
         for metric in ("top1@224", "top5@224"):
             assert by_alpha[alpha][f"cls/{metric}"] == alone[name][metric]
     assert (tmp_path / "run" / "alpha_0.50" / "cls" / "results.json").is_file()
+    assert (tmp_path / "run" / "wiseft.png").stat().st_size > 0  # the α-sweep figure
 
 
 def test_interpolation_is_exact_at_the_ends_and_linear_between():
