@@ -129,7 +129,10 @@ class ClipStream(ShardedStream[ClipBatch]):
     of such sources mixed per sample with those probabilities. ``base_batch_size`` is the *global* batch at
     ``base_resolution``. An epoch is ``steps_per_epoch`` steps, by default ``num_samples`` (counted from the
     tars if not given) over the mean global batch; resampled mode draws shards with replacement and runs
-    forever unless ``steps_per_epoch``/``num_samples`` set nominal epochs.
+    forever unless ``steps_per_epoch``/``num_samples`` set nominal epochs. ``shuffle_buffer`` > 0 shuffles
+    samples through a buffer of that many per worker and source (0: a batch is consecutive samples of a
+    shard); it mixes across about ``shuffle_buffer / samples_per_shard`` shards, so class-sorted shards
+    need a buffer of several shards.
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class ClipStream(ShardedStream[ClipBatch]):
         max_skip_fraction: float = 0.1,
         skip_rate_min_samples: int = 200,
         prefetch_factor: int = 2,
+        shuffle_buffer: int = 0,
     ) -> None:
         sources, probabilities = _clip_sources(urls, weights)
         self.schedule = VariableResolutionSchedule(
@@ -176,4 +180,5 @@ class ClipStream(ShardedStream[ClipBatch]):
             max_skip_fraction=max_skip_fraction,
             skip_rate_min_samples=skip_rate_min_samples,
             prefetch_factor=prefetch_factor,
+            shuffle_buffer=shuffle_buffer,
         )

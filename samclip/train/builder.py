@@ -137,6 +137,7 @@ def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> SamClipT
         sam_loss=instantiate(cfg.loss.sam) if uses_sam else None,
         clip_weight=cfg.loss.clip_weight,
         sam_weight=cfg.loss.sam_weight,
+        sam_outputs=cfg.loss.get("sam_outputs", "single"),
     )
 
 

@@ -152,7 +152,9 @@ def test_paper_numbers_are_in_the_full_experiment(tmp_path: Path) -> None:
     """DESIGN.md's recipe table, read back from experiment=samclip_vit_b."""
     cfg = _compose(tmp_path, "experiment=samclip_vit_b")
     hp, mt, ra = (builder.build_stage(cfg, n) for n in ("head_probe", "multitask", "res_adapt"))
-    assert (hp.trainable, mt.trainable, ra.trainable) == (["clip_head.*"], ["*"], ["clip_head.*"])
+    assert (hp.trainable, ra.trainable) == (["clip_head.*"], ["clip_head.*"])
+    # Head_SAM is the mask decoder (paper §3): the prompt encoder stays as in the SAM checkpoint.
+    assert mt.trainable == ["backbone.*", "clip_head.*", "sam_head.mask_decoder.*"]
     assert (hp.lr, mt.lr, ra.lr) == (8e-4, 4e-5, 8e-4)
     assert mt.lr_multipliers == {"backbone": 0.1, "sam_head": 0.1}
     assert (hp.schedule_epochs, mt.schedule_epochs, mt.stop_epoch, ra.schedule_epochs) == (20, 20, 16, 3)
