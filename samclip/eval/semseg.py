@@ -40,7 +40,7 @@ def evaluate_semseg(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
     dataset = open_segmentation_dataset(layout, root, split)
-    classifier = model.text_classifier(dataset.classnames)
+    classifier = model.text_classifier(dataset.prompts)
     generator = torch.Generator().manual_seed(seed)
     confusion = ConfusionMatrix(len(dataset.classnames))
     palette = class_palette(len(dataset.classnames))
