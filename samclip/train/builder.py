@@ -159,6 +159,7 @@ def build_streams(cfg: DictConfig, stage: Stage, env: DistEnv) -> dict[str, Any]
             resolutions=list(stage.clip.resolutions),
             base_batch_size=stage.clip.batch_size,
             base_resolution=stage.clip.base_resolution,
+            sam_frame_resolutions=list(stage.clip.sam_frame_resolutions),
             **common,
         )
     if stage.sam is not None:

@@ -212,6 +212,11 @@ def _final(path: Path) -> Path:
             "stage.res_adapt.clip.resolutions: 100 is not a multiple of the patch size 16",
         ),
         (
+            ["stage.res_adapt.clip.resolutions=[64,128]"],
+            ValueError,
+            "stage.res_adapt.clip.sam_frame_resolutions: [256] are not among stage.res_adapt.clip.resolutions",
+        ),
+        (
             ["stage.multitask.sam.resolution=264"],
             ValueError,
             "stage.multitask.sam.resolution: 264 is not a multiple",
