@@ -172,9 +172,11 @@ class MergedSamClip(nn.Module):
         num_points: int = 3,
         background_index: int | None = None,
         seed: int = 0,
+        composed_protocol: str = "paper",
     ) -> SemanticPrediction:
         """Zero-shot semantic segmentation: ``mode="clip"`` (CLIP head at ``resolution``) or ``"composed"``
-        (CLIP head prompts the SAM head in SAM's frame; see ``segment_with_both_heads``)."""
+        (CLIP head prompts the SAM head in SAM's frame; ``composed_protocol`` ``paper`` = appendix C or
+        ``weighted``, see ``segment_with_both_heads``)."""
         array = to_uint8_array(image)
         classifier = self.text_classifier(labels)
         if mode == "clip":
@@ -189,6 +191,7 @@ class MergedSamClip(nn.Module):
                 num_points=num_points,
                 background_index=background_index,
                 generator=torch.Generator().manual_seed(seed),
+                protocol=composed_protocol,
             )
         raise ValueError(f"unknown semantic segmentation mode {mode!r}; use 'clip' or 'composed'")
 

@@ -132,11 +132,17 @@ class SamTeacher(FrozenTeacher):
 
     @torch.no_grad()
     def forward(
-        self, images: torch.Tensor, prompts: Sequence[SamPrompts], multimask: bool = False
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[SamPrompts],
+        multimask: bool = False,
+        all_outputs: bool = False,
     ) -> SamHeadOutput:
         """``images``: float [B, 3, S, S] in [0, 1] in SAM's frame, padded with ``SAM_PAD_VALUE``."""
         embeddings = self.sam.image_encoder(normalize_sam(images))
-        return decode_masks(self.sam.prompt_encoder, self.sam.mask_decoder, embeddings, prompts, multimask)
+        return decode_masks(
+            self.sam.prompt_encoder, self.sam.mask_decoder, embeddings, prompts, multimask, all_outputs
+        )
 
 
 def is_checkpoint_path(value: str | None) -> bool:

@@ -23,7 +23,7 @@ from samclip.train.distributed import DistEnv
 from samclip.train.loop import LoopOptions
 from samclip.train.optim import build_optimizer, set_trainable
 from samclip.train.stages import STAGE_NAMES, Stage
-from samclip.train.tasks.sam_clip import SamClipTask
+from samclip.train.tasks.sam_clip import SAM_OUTPUTS, SamClipTask
 from samclip.train.tracking import Tracker, WandbLogger
 
 FINAL_NAME = "final.pt"
@@ -61,6 +61,8 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
     with torch.device("meta"):
         model = build_model(cfg, from_sam_checkpoint=False)
     weights = {"clip": float(cfg.loss.clip_weight), "sam": float(cfg.loss.sam_weight)}
+    if cfg.loss.get("sam_outputs", "single") not in SAM_OUTPUTS:
+        raise ValueError(f"loss.sam_outputs must be one of {SAM_OUTPUTS}, got {cfg.loss.sam_outputs!r}")
     for stage in stages:
         try:
             trainable = set_trainable(model, stage.trainable)
@@ -137,6 +139,7 @@ def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> SamClipT
         sam_loss=instantiate(cfg.loss.sam) if uses_sam else None,
         clip_weight=cfg.loss.clip_weight,
         sam_weight=cfg.loss.sam_weight,
+        sam_outputs=cfg.loss.get("sam_outputs", "single"),
     )
 
 
@@ -158,6 +161,7 @@ def build_streams(cfg: DictConfig, stage: Stage, env: DistEnv) -> dict[str, Any]
             resolutions=list(stage.clip.resolutions),
             base_batch_size=stage.clip.batch_size,
             base_resolution=stage.clip.base_resolution,
+            sam_frame_resolutions=list(stage.clip.sam_frame_resolutions),
             **common,
         )
     if stage.sam is not None:

@@ -76,6 +76,10 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
         cfg, stage, from_sam_checkpoint=resume_path is None and source is None, source=source
     )
     task = builder.build_task(cfg, stage, model).to(env.device)
+    # Before the optimizer: a parameter no loss reaches must not be decayed (nor registered with DDP).
+    frozen = task.freeze_without_loss_path(stage.streams)
+    if frozen:
+        log.info("%s: frozen, no loss path: %s", stage.name, ", ".join(frozen))
     streams = builder.build_streams(cfg, stage, env)
     optimizer = builder.build_stage_optimizer(cfg, stage, model)
     steps_per_epoch = getattr(streams.get("clip"), "steps_per_epoch", None)

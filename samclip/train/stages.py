@@ -22,6 +22,8 @@ class ClipStreamSpec:
     resolutions: Sequence[int]
     batch_size: int  # global, at base_resolution
     base_resolution: int
+    # Resolutions whose batches are framed like SAM's input (longest side resized, padded), not full-bleed.
+    sam_frame_resolutions: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,12 @@ class Stage:
             for resolution in self.clip.resolutions:
                 _require_divisible(f"{key}.clip.resolutions", resolution, patch_size, not_patches)
             _require_divisible(f"{key}.clip.batch_size", self.clip.batch_size, world_size, not_ranks)
+            outside = sorted(set(self.clip.sam_frame_resolutions) - set(self.clip.resolutions))
+            if outside:
+                raise ValueError(
+                    f"{key}.clip.sam_frame_resolutions: {outside} are not among "
+                    f"{key}.clip.resolutions {list(self.clip.resolutions)}"
+                )
         if self.sam is not None:
             _require_divisible(f"{key}.sam.resolution", self.sam.resolution, patch_size, not_patches)
             _require_divisible(f"{key}.sam.batch_size", self.sam.batch_size, world_size, not_ranks)
