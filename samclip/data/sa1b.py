@@ -54,7 +54,7 @@ def check_rle(segmentation: object, height: int, width: int) -> dict:
     if not isinstance(segmentation, dict) or "size" not in segmentation or "counts" not in segmentation:
         raise BadSample("malformed_rle", f"segmentation is not an RLE dict: {str(segmentation)[:80]}")
     size, counts = segmentation["size"], segmentation["counts"]
-    if list(size) != [height, width]:
+    if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
         raise BadSample("malformed_rle", f"RLE size {size} is not the image's {[height, width]}")
     if not isinstance(counts, (str, bytes)):
         raise BadSample("malformed_rle", "uncompressed RLE counts (SA-1B stores compressed strings)")
@@ -83,8 +83,9 @@ def parse_annotation_file(data: bytes) -> Sa1bRecord:
         record = Sa1bRecord(
             int(image["image_id"]), int(image["height"]), int(image["width"]), doc["annotations"]
         )
-    except (ValueError, KeyError, TypeError) as exn:
-        raise BadSample("malformed_json", f"{type(exn).__name__}: {exn}") from exn
+    # RecursionError: deeply nested json; OverflowError: a size of 1e999 (inf) given to int().
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError) as exn:
+        raise BadSample("malformed_json", f"{type(exn).__name__}: {str(exn)[:200]}") from exn
     if not isinstance(record.annotations, list) or record.height <= 0 or record.width <= 0:
         raise BadSample("malformed_json", "annotations is not a list or the image size is not positive")
     return record
