@@ -11,6 +11,9 @@ from pycocotools import mask as mask_utils
 
 from samclip.data.bad_samples import BadSample
 
+# What a malformed annotation file raises on its way through json, int() and our checks: RecursionError
+# for deeply nested json, OverflowError for a size of 1e999 (inf) given to int(), the rest for wrong types.
+SAMPLE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError)
 _SA_KEY = re.compile(r"(?:^|/)sa_(\d+)$")
 
 
@@ -83,8 +86,7 @@ def parse_annotation_file(data: bytes) -> Sa1bRecord:
         record = Sa1bRecord(
             int(image["image_id"]), int(image["height"]), int(image["width"]), doc["annotations"]
         )
-    # RecursionError: deeply nested json; OverflowError: a size of 1e999 (inf) given to int().
-    except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError) as exn:
+    except SAMPLE_ERRORS as exn:
         raise BadSample("malformed_json", f"{type(exn).__name__}: {str(exn)[:200]}") from exn
     if not isinstance(record.annotations, list) or record.height <= 0 or record.width <= 0:
         raise BadSample("malformed_json", "annotations is not a list or the image size is not positive")

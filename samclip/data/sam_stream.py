@@ -16,6 +16,7 @@ from samclip.data.manifest import read_manifest
 from samclip.data.prompts_sampling import sample_prompts
 from samclip.data.resolution import per_rank_batch_size
 from samclip.data.sa1b import (
+    SAMPLE_ERRORS,
     annotation_area,
     check_rle,
     decode_masks,
@@ -63,7 +64,7 @@ def prepare_sa1b_sample(raw: dict, sampling: SamSampling, rng: np.random.Generat
         return _prepare_sa1b_sample(raw, sampling, rng)
     except BadSample:
         raise
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError) as exn:
+    except SAMPLE_ERRORS as exn:
         raise BadSample("malformed_json", f"{type(exn).__name__}: {str(exn)[:200]}") from exn
 
 
