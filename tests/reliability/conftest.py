@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from samclip.train.runner import CONFIG_DIR
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "data"))  # sample_layouts: shards built member by member
 from samclip.train.smoke import prepare_smoke_assets
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+from sample_layouts import sa1b_members, web_members
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
-from sample_layouts import sa1b_members
-
+from samclip.data.bad_samples import SkipRateExceeded
+from samclip.data.clip_stream import ClipStream
 from samclip.data.sam_stream import SamStream
 from samclip.data.synth import write_tar
+from samclip.train.distributed import DistEnv
+from samclip.train.loop import _skipped_samples
 
 
 def _edit(members: dict[str, bytes], key: str, edit) -> bytes:
@@ -77,3 +79,36 @@ def test_malformed_sa1b_json_is_a_counted_bad_sample(
     assert dict(stream.skipped) == expected
     for key in PLANTED:  # the log names the shard and the key of every bad sample
         assert any(f"'{key}' in shard {shard}" in record.getMessage() for record in caplog.records), key
+
+
+def test_the_skip_rate_is_checked_over_the_whole_run_across_workers(tmp_path: Path) -> None:
+    # 60 % bad samples, but each worker sees fewer than skip_rate_min_samples in any one epoch.
+    for shard in range(2):
+        good = web_members(shard, 4)  # 3 files per sample
+        members = []
+        for index in range(4):  # 1-2 bad samples before each good one: 6 of 10 bad
+            bad = [(f"{shard:05d}{100 + 2 * index + j:04d}.jpg", b"not a jpeg") for j in range(1 + index % 2)]
+            members += bad + good[3 * index : 3 * index + 3]
+        write_tar(str(tmp_path / f"{shard:05d}.tar"), members)
+    stream = ClipStream(
+        str(tmp_path / "{00000..00001}.tar"),
+        resolutions=[32],
+        base_batch_size=2,
+        base_resolution=32,
+        num_workers=2,
+        num_samples=8,
+        max_skip_fraction=0.5,
+        skip_rate_min_samples=30,
+    )
+    for _ in range(3):  # three epochs: no worker ever reaches 30 samples, so none stops the run
+        assert len(list(stream)) == 4
+    skipped = sum(stream.skipped.values())
+    assert stream.num_seen == skipped + 3 * 8 and skipped > 0.5 * stream.num_seen
+    assert stream.state_dict()["seen"] == stream.num_seen  # survives a resume
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(
+        SkipRateExceeded, match=r"clip: \d+ of \d+ samples skipped over the run.*max_skip_fraction"
+    ):
+        _skipped_samples({"clip": stream}, env)
+    stream.max_skip_fraction = 0.9
+    assert _skipped_samples({"clip": stream}, env)["skipped_samples"] == skipped
