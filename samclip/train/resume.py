@@ -19,6 +19,14 @@ _IGNORED_LEAVES = ("num_workers", "prefetch_factor")
 ALLOW_KEY = "resume.allow_config_change"
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+ABSENT = _Absent()  # a key one of the two configs lacks
+
+
 def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts -> ``{"a.b.c": leaf}`` (lists are leaves, compared whole)."""
     if not isinstance(values, Mapping):
@@ -46,12 +54,11 @@ def training_changes(
     """(key, checkpoint's value, current value) for every training-relevant key that differs."""
     old, new = flatten(saved), flatten(current)
     keys = sorted(key for key in set(old) | set(new) if _relevant(key, stage))
-    missing = object()
     changes = []
     for key in keys:
-        a, b = old.get(key, missing), new.get(key, missing)
+        a, b = old.get(key, ABSENT), new.get(key, ABSENT)
         if a != b:
-            changes.append((key, "<absent>" if a is missing else a, "<absent>" if b is missing else b))
+            changes.append((key, a, b))
     return changes
 
 

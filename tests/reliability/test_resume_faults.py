@@ -98,3 +98,93 @@ def test_a_torn_metrics_line_is_dropped_and_the_rest_kept(tmp_path: Path) -> Non
     lines = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 3, "lo')
     assert read_metrics(path) == lines
+
+
+def _interrupted(straight: Path, tmp_path: Path) -> Path:
+    """A copy of the straight run as a kill after step 10's checkpoint leaves it."""
+    import shutil
+
+    stage = tmp_path / "run" / "head_probe"
+    shutil.copytree(straight.parent, tmp_path / "run")
+    (stage / "final.pt").unlink()
+    (stage / "checkpoints" / "step_00000012.pt").unlink()
+    return stage
+
+
+def test_a_changed_training_value_is_refused_key_by_key(straight: Path, assets: Path, tmp_path: Path) -> None:
+    stage = _interrupted(straight, tmp_path)
+    with pytest.raises(ValueError) as caught:
+        _train(tmp_path / "run", assets, "stage.head_probe.lr=1e-3", "loss.clip_weight=2")
+    message = str(caught.value)
+    assert f"resume from {stage / 'checkpoints' / 'step_00000010.pt'}" in message
+    assert "stage.head_probe.lr: 0.0008 in the checkpoint, 0.001 now" in message
+    assert "loss.clip_weight: 1.0 in the checkpoint, 2 now" in message
+    assert "resume.allow_config_change=true" in message
+    assert not (stage / "final.pt").exists()
+
+
+def test_a_changed_shard_list_names_the_option_that_allows_it(
+    straight: Path, assets: Path, tmp_path: Path
+) -> None:
+    _interrupted(straight, tmp_path)
+    fewer = f"data.clip.urls='{assets}/data/clip/{{00000..00002}}.tar'"
+    with pytest.raises(
+        ValueError, match=r"(?s)data\.clip\.urls: .*resume\.allow_config_change=true .*changed shard list"
+    ):
+        _train(tmp_path / "run", assets, fewer)
+
+
+@pytest.mark.slow
+def test_an_allowed_lr_change_takes_effect_from_the_resumed_step(
+    straight: Path, assets: Path, tmp_path: Path
+) -> None:
+    stage = _interrupted(straight, tmp_path)
+    _train(tmp_path / "run", assets, "stage.head_probe.lr=1e-3", "resume.allow_config_change=true")
+    reference = _train(tmp_path / "reference", assets, "stage.head_probe.lr=1e-3")  # the new lr from step 1
+    lrs = [
+        {k: v for k, v in line.items() if k.startswith("lr/")}
+        for line in read_metrics(stage / "metrics.jsonl")
+    ]
+    expected = [
+        {k: v for k, v in line.items() if k.startswith("lr/")}
+        for line in read_metrics(reference / "metrics.jsonl")
+    ]
+    old = [
+        {k: v for k, v in line.items() if k.startswith("lr/")}
+        for line in read_metrics(straight / "metrics.jsonl")
+    ]
+    assert lrs[:10] == old[:10] and lrs[10:] == expected[10:] and lrs[10:] != old[10:]
+
+
+def test_a_checkpoint_of_another_stage_or_model_size_is_named_in_one_line(
+    straight: Path, assets: Path, tmp_path: Path
+) -> None:
+    stage = _interrupted(straight, tmp_path)
+    checkpoint = stage / "checkpoints" / "step_00000010.pt"
+    with pytest.raises(ValueError, match=r"model\.clip_head_depth: <absent> in the checkpoint, 2 now"):
+        _train(tmp_path / "run", assets, "+model.clip_head_depth=2")
+    with pytest.raises(ValueError) as caught:
+        _train(tmp_path / "run", assets, "+model.clip_head_depth=2", "resume.allow_config_change=true")
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 500
+    assert (
+        f"training checkpoint {checkpoint} holds a different model (backbone width 64, 4 blocks)" in message
+    )
+    assert "missing and" in message
+    other = tmp_path / "run" / "res_adapt" / "checkpoints"
+    other.mkdir(parents=True)
+    (other / checkpoint.name).write_bytes(checkpoint.read_bytes())
+    with pytest.raises(
+        ValueError,
+        match=literal(
+            f"training checkpoint {other / checkpoint.name} belongs to stage 'head_probe', not to stage 'res_adapt'"
+        ),
+    ):
+        run(
+            compose_smoke(
+                tmp_path / "run",
+                *with_assets(assets),
+                "stages=[res_adapt]",
+                f"init_from={straight / 'final.pt'}",
+            )
+        )
