@@ -52,7 +52,7 @@ def check_run_values(cfg: DictConfig, streams: Iterable[str]) -> None:
     require_number(
         "trainer.max_consecutive_nonfinite", trainer.max_consecutive_nonfinite, minimum=1, integer=True
     )
-    require_number("trainer.dist_timeout_s", trainer.get("dist_timeout_s"), above=0, optional=True)
+    require_number("trainer.dist_timeout_s", trainer.dist_timeout_s, above=0)
     for key, value in _leaves(cfg.loss, "loss"):
         if key.endswith("_weight"):
             require_number(key, value, minimum=0)

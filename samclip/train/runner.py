@@ -24,6 +24,7 @@ from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import load_final_checkpoint, save_final_checkpoint
 from samclip.train import builder
 from samclip.train.checkpoint import StageState, restore_training_state
+from samclip.train.config_checks import require_number
 from samclip.train.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_student
 from samclip.train.loop import train_stage
 from samclip.train.optim import build_scheduler, set_trainable
@@ -38,7 +39,8 @@ CONFIG_DIR = config_dir("train.yaml")
 
 def run(cfg: DictConfig) -> Path:
     """Run ``cfg.stages``; returns the run directory. Config errors raise before any stage starts."""
-    env = init_distributed(cfg.trainer.device)
+    require_number("trainer.dist_timeout_s", cfg.trainer.dist_timeout_s, above=0)
+    env = init_distributed(cfg.trainer.device, timeout_s=float(cfg.trainer.dist_timeout_s))
     if not env.is_main:
         logging.getLogger("samclip").setLevel(logging.WARNING)
     try:

@@ -24,6 +24,7 @@ from samclip.train.runner import run
         ),
         (["data.sam.urls=null"], "data.sam.urls is not set, but a stage of this run reads the sam stream"),
         (["data.sam.urls=[]"], "data.sam.urls is not set"),
+        (["trainer.dist_timeout_s=0"], "trainer.dist_timeout_s must be > 0, got 0"),
         (["trainer.max_grad_norm=-1"], "trainer.max_grad_norm must be >= 0, got -1"),
         (["trainer.max_steps=0"], "trainer.max_steps must be >= 1, got 0"),
         (["trainer.max_steps=abc"], "trainer.max_steps must be an integer or null, got 'abc'"),
