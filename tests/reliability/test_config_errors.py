@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import compose_smoke, literal, with_assets
+from planted import compose_smoke, literal, with_assets
 
 from samclip.train.runner import run
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_smoke, literal, with_assets
+from planted import compose_smoke, literal, with_assets
 
 from samclip.models.final_checkpoint import load_final_checkpoint
 from samclip.train.checkpoint import Checkpointer, load_training_checkpoint

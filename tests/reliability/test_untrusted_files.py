@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_smoke, literal, plant_trap, with_assets
 from PIL import Image
+from planted import compose_smoke, literal, plant_trap, with_assets
 
 import samclip
 from samclip.export import load_student
