@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "samclip-training"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-# atomic_torch_save's temporary files: ``.step_<N>.pt.<random>.tmp``, left behind only by a kill.
-_PARTIAL = re.compile(r"^\.step_\d+\.pt\..*\.tmp$")
+# atomic_torch_save's temporary files (``.step_<N>.pt.<random>.tmp`` here, ``.final.pt.<random>.tmp`` in the
+# stage folder), left behind only by a kill.
+_PARTIAL = re.compile(r"^\.(step_\d+|final)\.pt\..*\.tmp$")
 _REQUIRED = ("stage", "step", "counters", "student", "optimizer", "scheduler", "rng", "data", "world_size")
 
 
@@ -95,9 +96,8 @@ class Checkpointer:
 
     def clean_partial_writes(self) -> list[Path]:
         """Remove the temporary files of writes a kill interrupted (rank 0, at the stage's start)."""
-        if not self.directory.is_dir():
-            return []
-        partial = sorted(p for p in self.directory.iterdir() if _PARTIAL.match(p.name))
+        folders = [folder for folder in (self.directory, self.directory.parent) if folder.is_dir()]
+        partial = sorted(p for folder in folders for p in folder.iterdir() if _PARTIAL.match(p.name))
         for path in partial:
             path.unlink(missing_ok=True)
             log.info("removed %s, left by an interrupted checkpoint write", path)
@@ -226,11 +226,7 @@ def restore_training_state(
         raise ValueError(
             f"training checkpoint {path} belongs to stage {checkpoint['stage']!r}, not to stage {stage!r}"
         )
-    if checkpoint.get("world_size") != env.world_size:
-        raise ValueError(
-            f"checkpoint {path} was written by {checkpoint.get('world_size')} ranks but this run has "
-            f"{env.world_size}: the per-rank data-stream states cannot be mapped"
-        )
+    saved_world_size = int(checkpoint["world_size"])
     _require_same_shapes(path, checkpoint["student"], student.state_dict())
     fresh = _hyperparameters(optimizer, scheduler) if keep_new_hyperparameters else None
     student.load_state_dict(checkpoint["student"], strict=True)
@@ -243,14 +239,57 @@ def restore_training_state(
     scheduler.load_state_dict(checkpoint["scheduler"])
     if fresh is not None:
         _apply_hyperparameters(optimizer, scheduler, fresh)
-    for name, stream in streams.items():
-        saved = checkpoint["data"][env.rank][name]
-        # An allowed change of the shard list continues from the same epoch and step with fresh cursors.
-        stream.load_state_dict(saved, strict=False) if keep_new_hyperparameters else stream.load_state_dict(
-            saved
-        )
-    set_rng_state(checkpoint["rng"][env.rank])
+    if saved_world_size == env.world_size:
+        for name, stream in streams.items():
+            saved = checkpoint["data"][env.rank][name]
+            # An allowed change of the shard list continues from the same epoch and step with fresh cursors.
+            if keep_new_hyperparameters:
+                stream.load_state_dict(saved, strict=False)
+            else:
+                stream.load_state_dict(saved)
+        set_rng_state(checkpoint["rng"][env.rank])
+    else:
+        _map_to_world_size(path, checkpoint, streams, env)
     return StageState(int(checkpoint["step"]), LoopCounters(**checkpoint["counters"]))
+
+
+def _map_to_world_size(
+    path: str | Path, checkpoint: Mapping[str, Any], streams: Mapping[str, Any], env: DistEnv
+) -> None:
+    """Resume on another number of ranks: same global step, epoch and step; the epoch's shard cursors restart.
+
+    Weights, optimizer and schedule are global, so they load exactly. The data position cannot be mapped
+    sample for sample onto a new sharding: every rank restarts the current epoch's shards at its new slot
+    and keeps the epoch's step count, so at most the samples of the ``s`` steps already taken in this epoch
+    are seen again and as many at the epoch's end are not (none when resuming at an epoch boundary).
+    Skip counts are summed onto rank 0 so the run's totals are kept.
+    """
+    saved_world_size = int(checkpoint["world_size"])
+    for name, stream in streams.items():
+        per_rank = [checkpoint["data"][rank][name] for rank in range(saved_world_size)]
+        mapped = dict(per_rank[0])
+        skipped: dict[str, int] = {}
+        for state in per_rank:
+            for key, value in state.get("skipped", {}).items():
+                skipped[key] = skipped.get(key, 0) + int(value)
+        mapped["skipped"] = skipped if env.is_main else {}
+        mapped["seen"] = sum(int(state.get("seen", 0)) for state in per_rank) if env.is_main else 0
+        stream.load_state_dict(mapped, strict=False)
+        if env.is_main:
+            log.warning(
+                "%s: resuming from %s, written by %d ranks, on %d: global step %d, epoch %d; the epoch's shard "
+                "cursors restart, so at most the samples of the %d steps already taken in this epoch are seen "
+                "again, and as many at its end are not",
+                name,
+                path,
+                saved_world_size,
+                env.world_size,
+                int(checkpoint["step"]),
+                int(mapped.get("epoch", 0)),
+                int(mapped.get("step", 0)),
+            )
+    # Per-rank randomness (augmentation, prompt sampling) continues where a rank of that index left off.
+    set_rng_state(checkpoint["rng"][env.rank % saved_world_size])
 
 
 def _require_same_shapes(
