@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import open_clip
 import torch
 from PIL import Image
 from safetensors.torch import load_model, save_model

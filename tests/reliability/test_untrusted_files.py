@@ -46,6 +46,7 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "training checkpoint": load_training_checkpoint,
     "final.pt": load_final_checkpoint,
     "samclip.load": samclip.load,
+    "samclip.from_pretrained": samclip.from_pretrained,
     "export (final.pt)": lambda path: load_student(path),
     "export (state dict)": lambda path: load_student(path, "samclip_tiny"),
     "ClipTeacher file": lambda path: ClipTeacher("samclip-tiny-clip", str(path)),
