@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -37,9 +39,23 @@ def test_the_trap_runs_code_when_unpickled_unsafely(tmp_path: Path) -> None:
 def _predict(checkpoint: Path) -> None:
     image = checkpoint.with_name("photo.png")
     Image.new("RGB", (32, 24)).save(image)
-    predict_main(
-        [str(image), "--checkpoint", str(checkpoint), "--labels", "a,b", "--out", str(image) + ".out.png"]
-    )
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            predict_main(
+                [
+                    str(image),
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--labels",
+                    "a,b",
+                    "--out",
+                    str(image) + ".out.png",
+                ]
+            )
+    except SystemExit as exit:  # the CLI prints user errors as one line and exits 2
+        assert exit.code == 2
+        raise ValueError(stderr.getvalue()) from None
 
 
 LOADERS: dict[str, Callable[[Path], object]] = {
