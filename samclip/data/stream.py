@@ -284,6 +284,7 @@ class ShardedStream(Generic[BatchT]):
         self.epoch = 0
         self.step = 0  # next step within the epoch
         self.skipped: Counter[str] = Counter()
+        self.num_seen = 0  # samples read over the run (good and bad), for the run-long skip rate
         self._positions = self._fresh_positions()
         self._buffers = self._fresh_buffers()
 
@@ -355,7 +356,9 @@ class ShardedStream(Generic[BatchT]):
         for out in outputs:
             self._positions[out.logical_worker] = list(out.positions)
             self._buffers[out.logical_worker] = [list(b) for b in out.buffers]
-            self.skipped.update(out.skipped)
+            counts = dict(out.skipped)
+            self.num_seen += counts.pop("seen", 0)
+            self.skipped.update(counts)
             self.step += 1
             yield out.batch
         if self.skipped:
@@ -372,6 +375,7 @@ class ShardedStream(Generic[BatchT]):
             "positions": [[list(p) for p in worker] for worker in self._positions],
             "buffers": [[[list(p) for p in b] for b in worker] for worker in self._buffers],
             "skipped": dict(self.skipped),
+            "seen": self.num_seen,
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
@@ -402,6 +406,7 @@ class ShardedStream(Generic[BatchT]):
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.skipped = Counter({k: int(v) for k, v in state.get("skipped", {}).items()})
+        self.num_seen = int(state.get("seen", 0))
         if mismatched:
             logger.warning(
                 "%s: inexact resume (%s): shard cursors restart", self.builder.stream_name, mismatched

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +20,7 @@ from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import ClipTeacherSpec
 from samclip.models.teachers import is_checkpoint_path
 from samclip.train.checkpoint import Checkpointer
+from samclip.train.config_checks import check_run_values
 from samclip.train.distributed import DistEnv
 from samclip.train.loop import LoopOptions
 from samclip.train.optim import build_optimizer, set_trainable
@@ -34,7 +36,12 @@ _TRAINER_STREAM_KEYS = ("micro_batch_size",)
 def build_stage(cfg: DictConfig, name: str) -> Stage:
     if name not in STAGE_NAMES or name not in cfg.stage:
         raise ValueError(f"stages: unknown stage {name!r}; available: {list(cfg.stage)}")
-    return instantiate(cfg.stage[name])
+    try:
+        return instantiate(cfg.stage[name])
+    except InstantiationException as error:
+        if isinstance(error.__cause__, (ValueError, TypeError)):  # the stage's own check, naming its key
+            raise error.__cause__ from None
+        raise
 
 
 def final_path(run_dir: Path, stage: str) -> Path:
@@ -57,6 +64,7 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
     if not cfg.stages:
         raise ValueError("stages: the list of stages to run is empty")
     stages = [build_stage(cfg, name) for name in cfg.stages]
+    check_run_values(cfg, {name for stage in stages for name in stage.streams})
     loop_options(cfg, env.device)  # micro-batch sizes and precision
     with torch.device("meta"):
         model = build_model(cfg, from_sam_checkpoint=False)
