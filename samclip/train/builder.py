@@ -24,17 +24,20 @@ from samclip.train.config_checks import check_run_values
 from samclip.train.distributed import DistEnv
 from samclip.train.loop import LoopOptions
 from samclip.train.optim import build_optimizer, set_trainable
-from samclip.train.stages import STAGE_NAMES, Stage
-from samclip.train.tasks.sam_clip import SAM_OUTPUTS, SamClipTask
+from samclip.train.stages import Stage
+from samclip.train.tasks.base import Task
+from samclip.train.tasks.sam_clip import SAM_OUTPUTS
 from samclip.train.tracking import Tracker, WandbLogger
 
 FINAL_NAME = "final.pt"
-# Keys of data.clip / data.sam that configure the trainer's use of a stream, not the stream itself.
+# Keys of the model config naming weight files it starts from (unused when starting from a final.pt).
+_INITIAL_WEIGHT_KEYS = ("sam_checkpoint", "clip_pretrained")
+# Keys of data.<stream> that configure the trainer's use of a stream, not the stream itself.
 _TRAINER_STREAM_KEYS = ("micro_batch_size",)
 
 
 def build_stage(cfg: DictConfig, name: str) -> Stage:
-    if name not in STAGE_NAMES or name not in cfg.stage:
+    if name not in cfg.stage:
         raise ValueError(f"stages: unknown stage {name!r}; available: {list(cfg.stage)}")
     try:
         return instantiate(cfg.stage[name])
@@ -68,7 +71,7 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
     loop_options(cfg, env.device)  # micro-batch sizes and precision
     with torch.device("meta"):
         model = build_model(cfg, from_sam_checkpoint=False)
-    weights = {"clip": float(cfg.loss.clip_weight), "sam": float(cfg.loss.sam_weight)}
+    weights = {"clip": float(cfg.loss.get("clip_weight", 0.0)), "sam": float(cfg.loss.get("sam_weight", 0.0))}
     if cfg.loss.get("sam_outputs", "single") not in SAM_OUTPUTS:
         raise ValueError(f"loss.sam_outputs must be one of {SAM_OUTPUTS}, got {cfg.loss.sam_outputs!r}")
     for stage in stages:
@@ -93,11 +96,13 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
                 )
             except ValueError as error:
                 raise ValueError(f"stage.{stage.name}.clip: {error}") from error
-        if stage.sam is not None and stage.sam.resolution != model.config.image_size:
-            raise ValueError(
-                f"stage.{stage.name}.sam.resolution: {stage.sam.resolution} differs from the model's SAM frame "
-                f"{model.config.image_size} (model {cfg.model.name})"
-            )
+        for stream in ("sam", "instances"):
+            spec = getattr(stage, stream)
+            if spec is not None and spec.resolution != model.config.image_size:
+                raise ValueError(
+                    f"stage.{stage.name}.{stream}.resolution: {spec.resolution} differs from the model's SAM "
+                    f"frame {model.config.image_size} (model {cfg.model.name})"
+                )
     for index, stage in enumerate(stages):
         if (
             final_path(run_dir, stage.name).is_file()
@@ -132,23 +137,24 @@ def prepare(cfg: DictConfig) -> None:
 
 
 def build_model(cfg: DictConfig, *, from_sam_checkpoint: bool) -> SamClipModel:
-    """The student; initialised from the SAM checkpoint only when it does not start from a final.pt."""
-    return instantiate(cfg.model, **({} if from_sam_checkpoint else {"sam_checkpoint": None}))
+    """The student; initialised from its weight files (SAM, CLIP) only when it does not start from a final.pt."""
+    if from_sam_checkpoint:
+        return instantiate(cfg.model)
+    return instantiate(cfg.model, **{key: None for key in _INITIAL_WEIGHT_KEYS if key in cfg.model})
 
 
-def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> SamClipTask:
-    """Student + the teachers and losses of the stage's streams (an unused teacher is not built)."""
-    uses_clip, uses_sam = "clip" in stage.streams, "sam" in stage.streams
-    return SamClipTask(
-        student,
-        clip_teacher=instantiate(cfg.teacher.clip) if uses_clip else None,
-        sam_teacher=instantiate(cfg.teacher.sam) if uses_sam else None,
-        clip_loss=instantiate(cfg.loss.clip) if uses_clip else None,
-        sam_loss=instantiate(cfg.loss.sam) if uses_sam else None,
-        clip_weight=cfg.loss.clip_weight,
-        sam_weight=cfg.loss.sam_weight,
-        sam_outputs=cfg.loss.get("sam_outputs", "single"),
-    )
+def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> Task:
+    """The recipe's task (``cfg.task._target_``) around the student.
+
+    ``task.stream_parts`` names, per stream, the task arguments only that stream needs (its teacher and
+    loss): for a stage without that stream they are not built (passed as None).
+    """
+    node = OmegaConf.to_container(cfg.task, resolve=True)
+    stream_parts = node.pop("stream_parts", None) or {}
+    for stream, keys in stream_parts.items():
+        if stream not in stage.streams:
+            node.update(dict.fromkeys(keys))
+    return instantiate(node, student=student)
 
 
 def clip_teacher_spec(cfg: DictConfig) -> ClipTeacherSpec:
@@ -160,32 +166,22 @@ def clip_teacher_spec(cfg: DictConfig) -> ClipTeacherSpec:
 
 
 def build_streams(cfg: DictConfig, stage: Stage, env: DistEnv) -> dict[str, Any]:
-    seed = int(cfg.seed) + STAGE_NAMES.index(stage.name)
+    # A different data order per stage (the stage's place among the configured stages).
+    seed = int(cfg.seed) + list(cfg.stage).index(stage.name)
     common = {"seed": seed, "rank": env.rank, "world_size": env.world_size}
     streams = {}
-    if stage.clip is not None:
-        streams["clip"] = instantiate(
-            _stream_node(cfg.data.clip),
-            resolutions=list(stage.clip.resolutions),
-            base_batch_size=stage.clip.batch_size,
-            base_resolution=stage.clip.base_resolution,
-            sam_frame_resolutions=list(stage.clip.sam_frame_resolutions),
-            **common,
-        )
-    if stage.sam is not None:
-        streams["sam"] = instantiate(
-            _stream_node(cfg.data.sam),
-            global_batch_size=stage.sam.batch_size,
-            masks_per_image=stage.sam.masks_per_image,
-            image_size=stage.sam.resolution,
-            **common,
+    for name in stage.streams:
+        if name not in cfg.data:
+            raise ValueError(f"stage.{stage.name} reads the {name} stream but data.{name} is not configured")
+        streams[name] = instantiate(
+            _stream_node(cfg.data[name]), **stage.stream_spec(name).stream_kwargs(), **common
         )
     return streams
 
 
-def micro_batch_sizes(cfg: DictConfig) -> tuple[int, int]:
-    sizes = int(cfg.data.clip.micro_batch_size), int(cfg.data.sam.micro_batch_size)
-    for name, size in zip(("clip", "sam"), sizes, strict=True):
+def micro_batch_sizes(cfg: DictConfig) -> dict[str, int]:
+    sizes = {name: int(node.micro_batch_size) for name, node in cfg.data.items()}
+    for name, size in sizes.items():
         if size < 1:
             raise ValueError(f"data.{name}.micro_batch_size must be >= 1, got {size}")
     return sizes
@@ -231,10 +227,8 @@ def build_tracker(
 
 
 def loop_options(cfg: DictConfig, device: torch.device) -> LoopOptions:
-    clip_micro, sam_micro = micro_batch_sizes(cfg)
     return LoopOptions(
-        clip_micro_batch_size=clip_micro,
-        sam_micro_batch_size=sam_micro,
+        micro_batch_sizes=micro_batch_sizes(cfg),
         max_grad_norm=cfg.trainer.max_grad_norm,
         max_consecutive_nonfinite=cfg.trainer.max_consecutive_nonfinite,
         autocast_dtype=autocast_dtype(cfg, device),

@@ -14,7 +14,7 @@ from samclip.data.bad_samples import SKIP_KINDS, check_skip_rate
 from samclip.train.checkpoint import Checkpointer, StageState, training_state
 from samclip.train.distributed import DistEnv, all_reduce_sum
 from samclip.train.step import StepLosses, forward_backward
-from samclip.train.tasks.sam_clip import SamClipTask
+from samclip.train.tasks.base import Task
 from samclip.train.tracking import Tracker
 
 
@@ -24,15 +24,14 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoopOptions:
-    clip_micro_batch_size: int
-    sam_micro_batch_size: int
+    micro_batch_sizes: Mapping[str, int]  # per stream name
     max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still logged and checked)
     max_consecutive_nonfinite: int = 5
     autocast_dtype: torch.dtype | None = None
 
 
 def train_stage(
-    task: SamClipTask,
+    task: Task,
     student: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -53,16 +52,13 @@ def train_stage(
     batches = {name: _forever(stream) for name, stream in streams.items()}
     task.train()
     while state.step < last_step:
-        clip_batch = next(batches["clip"]).to(env.device) if "clip" in batches else None
-        sam_batch = next(batches["sam"]).to(env.device) if "sam" in batches else None
+        step_batches = {name: next(batch).to(env.device) for name, batch in batches.items()}
         optimizer.zero_grad(set_to_none=True)
         losses = forward_backward(
             task,
             student,
-            clip_batch,
-            sam_batch,
-            clip_micro_batch_size=options.clip_micro_batch_size,
-            sam_micro_batch_size=options.sam_micro_batch_size,
+            step_batches,
+            micro_batch_sizes=options.micro_batch_sizes,
             env=env,
             autocast_dtype=options.autocast_dtype,
         )
@@ -74,8 +70,9 @@ def train_stage(
         else:
             _skip_step(optimizer, state, losses, grad_norm, stage, options, checkpointer)
         state.step += 1
-        tracker.count_images(losses.num_clip_images, losses.num_sam_images)
+        tracker.count_images(**losses.images)
         if tracker.due(state.step):
+            clip_batch = step_batches.get("clip")
             resolution = None if clip_batch is None else int(clip_batch.images.shape[-1])
             metrics = _metrics(losses, grad_norm, optimizer, state, resolution)
             tracker.log(state.step, {**metrics, **_skipped_samples(streams, env)})
@@ -126,10 +123,8 @@ def _metrics(
 ) -> dict[str, Any]:
     return {
         "loss": losses.total,
-        "loss_clip": losses.clip,
-        "loss_sam": losses.sam,
-        "loss_sam_focal": losses.sam_focal,
-        "loss_sam_dice": losses.sam_dice,
+        **{f"loss_{name}": value for name, value in losses.streams.items()},
+        **{f"loss_{name}": value for name, value in losses.parts.items()},
         **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups},
         "grad_norm": grad_norm,
         "resolution/clip": clip_resolution,

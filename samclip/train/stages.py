@@ -1,7 +1,7 @@
 """A stage of the recipe as data: what trains, on which streams, how fast and for how long.
 
-``head_probe``, ``multitask`` and ``res_adapt`` are three instances of :class:`Stage` (see
-``configs/stage/``); one loop runs them all. Derived numbers (steps per epoch, stop step) are
+``head_probe``, ``multitask`` and ``res_adapt`` (SAM-CLIP) and ``sam2clip``, ``clip2sam`` (OV-SAM) are
+instances of :class:`Stage` (see ``configs/stage/``), named by config; one loop runs them all. Derived numbers (steps per epoch, stop step) are
 computed here, once, and the checks that must fail before any work live here too.
 """
 
@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from samclip.train.config_checks import require_number
-
-STAGE_NAMES = ("head_probe", "multitask", "res_adapt")
 HEAD_LOSSES = {"clip_head": "clip", "sam_head": "sam"}
 
 
@@ -27,6 +26,14 @@ class ClipStreamSpec:
     # Resolutions whose batches are framed like SAM's input (longest side resized, padded), not full-bleed.
     sam_frame_resolutions: Sequence[int] = ()
 
+    def stream_kwargs(self) -> dict[str, Any]:
+        return {
+            "resolutions": list(self.resolutions),
+            "base_batch_size": self.batch_size,
+            "base_resolution": self.base_resolution,
+            "sam_frame_resolutions": list(self.sam_frame_resolutions),
+        }
+
 
 @dataclass(frozen=True)
 class SamStreamSpec:
@@ -35,6 +42,32 @@ class SamStreamSpec:
     resolution: int
     batch_size: int  # global images
     masks_per_image: int
+
+    def stream_kwargs(self) -> dict[str, Any]:
+        return {
+            "global_batch_size": self.batch_size,
+            "masks_per_image": self.masks_per_image,
+            "image_size": self.resolution,
+        }
+
+
+@dataclass(frozen=True)
+class InstanceStreamSpec:
+    """COCO/LVIS instances in a stage (CLIP2SAM): images in SAM's frame, up to ``max_instances`` GT objects each."""
+
+    resolution: int
+    batch_size: int  # global images
+    max_instances: int
+
+    def stream_kwargs(self) -> dict[str, Any]:
+        return {
+            "global_batch_size": self.batch_size,
+            "max_instances": self.max_instances,
+            "image_size": self.resolution,
+        }
+
+
+STREAM_NAMES = ("clip", "sam", "instances")
 
 
 @dataclass(frozen=True)
@@ -45,6 +78,7 @@ class Stage:
     warmup_steps: int
     clip: ClipStreamSpec | None = None
     sam: SamStreamSpec | None = None
+    instances: InstanceStreamSpec | None = None
     previous: str | None = None
     lr_multipliers: dict[str, float] = field(default_factory=dict)
     min_lr_ratio: float = 0.0
@@ -55,10 +89,12 @@ class Stage:
     stop_step: int | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in STAGE_NAMES:
-            raise ValueError(f"stages: unknown stage {self.name!r}; available: {list(STAGE_NAMES)}")
-        if self.clip is None and self.sam is None:
-            raise ValueError(f"stage.{self.name}: a stage needs at least one of the clip and sam streams")
+        if not self.name:
+            raise ValueError("stages: a stage needs a name")
+        if not self.streams:
+            raise ValueError(
+                f"stage.{self.name}: a stage needs at least one of the streams {list(STREAM_NAMES)}"
+            )
         if self.schedule_steps is None and self.schedule_epochs is None:
             raise ValueError(f"stage.{self.name}: set schedule_epochs or schedule_steps")
         self._check_values()
@@ -86,7 +122,10 @@ class Stage:
 
     @property
     def streams(self) -> tuple[str, ...]:
-        return tuple(name for name in ("clip", "sam") if getattr(self, name) is not None)
+        return tuple(name for name in STREAM_NAMES if getattr(self, name) is not None)
+
+    def stream_spec(self, name: str) -> ClipStreamSpec | SamStreamSpec | InstanceStreamSpec:
+        return getattr(self, name)
 
     def schedule_length(self, steps_per_epoch: int | None) -> int:
         """Steps of the warmup + cosine schedule; an epoch is a pass over D_CLIP (the stream's count)."""
@@ -132,6 +171,13 @@ class Stage:
         if self.sam is not None:
             _require_divisible(f"{key}.sam.resolution", self.sam.resolution, patch_size, not_patches)
             _require_divisible(f"{key}.sam.batch_size", self.sam.batch_size, world_size, not_ranks)
+        if self.instances is not None:
+            _require_divisible(
+                f"{key}.instances.resolution", self.instances.resolution, patch_size, not_patches
+            )
+            _require_divisible(
+                f"{key}.instances.batch_size", self.instances.batch_size, world_size, not_ranks
+            )
         for head, loss in HEAD_LOSSES.items():
             if not any(name.startswith(f"{head}.") for name in trainable_names):
                 continue

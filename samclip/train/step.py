@@ -1,38 +1,41 @@
-"""One optimizer step's forward/backward: every CLIP and SAM micro-batch, gradients accumulated.
+"""One optimizer step's forward/backward: every micro-batch of every stream, gradients accumulated.
 
-Each loss is a mean over units (images for L_clip, masks for L_sam). A micro-batch's loss is
-scaled by its share of the step's *global* units, and by the world size because DDP averages
-gradients over ranks; the accumulated gradient then equals the single-process full-batch gradient,
-whatever the micro-batch sizes and the number of ranks.
+The step knows no recipe: the task (:mod:`samclip.train.tasks.base`) splits each stream's batch and
+gives each micro-batch's loss as a mean over its units (images for L_clip, masks for L_sam,
+instances for CLIP2SAM). A micro-batch's loss is scaled by its share of the step's *global* units,
+and by the world size because DDP averages gradients over ranks; the accumulated gradient then
+equals the single-process full-batch gradient, whatever the micro-batch sizes and the number of ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from samclip.models import SamPrompts
 from samclip.train.distributed import DistEnv, all_reduce_sum, maybe_no_sync
-from samclip.train.tasks.sam_clip import SamClipTask
+
+if TYPE_CHECKING:  # tasks import the splitting helpers below
+    from samclip.train.tasks.base import Task
 
 
 @dataclass(frozen=True)
 class StepLosses:
-    """Global (all-ranks) means for the step; ``total`` is what was differentiated."""
+    """Global (all-ranks) means for the step; ``total`` is what was differentiated.
+
+    ``streams[name]`` / ``parts[f"{name}_{part}"]`` are None for a stream without units this step.
+    """
 
     total: float
-    clip: float | None
-    sam: float | None
-    sam_focal: float | None
-    sam_dice: float | None
-    num_clip_images: int
-    num_sam_images: int
-    num_masks: int
+    streams: dict[str, float | None]
+    parts: dict[str, float | None]
+    units: dict[str, int]
+    images: dict[str, int]
 
 
 def split_clip(images: torch.Tensor, micro_batch_size: int) -> list[torch.Tensor]:
@@ -57,68 +60,53 @@ def split_sam(
 
 
 def forward_backward(
-    task: SamClipTask,
+    task: Task,
     student: nn.Module,
-    clip_batch: Any | None,
-    sam_batch: Any | None,
+    batches: Mapping[str, Any],
     *,
-    clip_micro_batch_size: int,
-    sam_micro_batch_size: int,
+    micro_batch_sizes: Mapping[str, int],
     env: DistEnv,
     autocast_dtype: torch.dtype | None = None,
 ) -> StepLosses:
     """Backward of the whole step's loss into ``.grad`` (one gradient all-reduce, on the last micro-batch).
 
-    ``student`` is the (possibly DDP-wrapped) student; ``clip_batch`` has ``images``, ``sam_batch``
-    has ``images`` and ``prompts`` (each rank holds its share of the global batch).
+    ``student`` is the (possibly DDP-wrapped) student; ``batches`` maps a stream name to this rank's
+    share of the step's global batch.
     """
-    clip_micro = split_clip(clip_batch.images, clip_micro_batch_size) if clip_batch is not None else []
-    sam_micro = (
-        split_sam(sam_batch.images, sam_batch.prompts, sam_micro_batch_size) if sam_batch is not None else []
-    )
-    local_counts = [
-        sum(m.shape[0] for m in clip_micro),
-        sum(m[0].shape[0] for m in sam_micro),
-        sum(g.num_prompts for _, groups in sam_micro for g in groups),
-    ]
-    counts = all_reduce_sum(torch.tensor(local_counts, dtype=torch.float64, device=env.device), env)
-    num_clip, num_sam_images, num_masks = (int(c) for c in counts.tolist())
+    names = list(task.weights)
+    unknown = sorted(set(batches) - set(names))
+    if unknown:
+        raise ValueError(f"the task has no loss for the stream(s) {unknown}; it knows {names}")
+    micro = {
+        name: task.split(name, batches[name], micro_batch_sizes[name]) if name in batches else []
+        for name in names
+    }
+    local = [float(sum(task.num_units(n, m) for m in micro[n])) for n in names]
+    local += [float(sum(task.num_images(n, m) for m in micro[n])) for n in names]
+    counts = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=env.device), env).tolist()
+    units = {n: int(c) for n, c in zip(names, counts[: len(names)], strict=True)}
+    images = {n: int(c) for n, c in zip(names, counts[len(names) :], strict=True)}
 
-    # [clip, sam, sam_focal, sam_dice]: micro-batch means weighted by their share of the global units.
-    sums = torch.zeros(4, dtype=torch.float64, device=env.device)
-    calls = [("clip", m) for m in clip_micro] + [("sam", m) for m in sam_micro]
-    for index, (kind, micro) in enumerate(calls):
+    keys = [(n, None) for n in names] + [(n, p) for n in names for p in task.part_names.get(n, ())]
+    slot = {key: index for index, key in enumerate(keys)}
+    # Micro-batch means weighted by their share of the global units, per stream and per part.
+    sums = torch.zeros(len(keys), dtype=torch.float64, device=env.device)
+    calls = [(n, m) for n in names for m in micro[n]]
+    for index, (name, chunk) in enumerate(calls):
         with maybe_no_sync(student, skip_sync=index < len(calls) - 1):
             with _autocast(env.device, autocast_dtype):
-                if kind == "clip":
-                    loss = task.clip_loss(student, micro)
-                    share = micro.shape[0] / num_clip
-                    sums[0] += loss.detach().double() * share
-                else:
-                    images, groups = micro
-                    mask_loss = task.sam_loss(student, images, groups)
-                    loss = mask_loss.total
-                    share = sum(g.num_prompts for g in groups) / num_masks
-                    sums[1:] += (
-                        torch.stack([mask_loss.total, mask_loss.focal, mask_loss.dice]).detach().double()
-                        * share
-                    )
-            (loss * (task.weights[kind] * share * env.world_size)).backward()
+                loss = task.loss(name, student, chunk)
+                share = task.num_units(name, chunk) / units[name]
+                sums[slot[name, None]] += loss.total.detach().double() * share
+                for part, value in loss.parts.items():
+                    sums[slot[name, part]] += value.detach().double() * share
+            (loss.total * (task.weights[name] * share * env.world_size)).backward()
 
-    sums = all_reduce_sum(sums, env).tolist()
-    clip = sums[0] if num_clip else None
-    sam = sums[1] if num_masks else None
-    total = task.weights["clip"] * (clip or 0.0) + task.weights["sam"] * (sam or 0.0)
-    return StepLosses(
-        total=total,
-        clip=clip,
-        sam=sam,
-        sam_focal=sums[2] if num_masks else None,
-        sam_dice=sums[3] if num_masks else None,
-        num_clip_images=num_clip,
-        num_sam_images=num_sam_images,
-        num_masks=num_masks,
-    )
+    values = all_reduce_sum(sums, env).tolist()
+    streams = {n: values[slot[n, None]] if units[n] else None for n in names}
+    parts = {f"{n}_{p}": values[slot[n, p]] if units[n] else None for n, p in keys if p is not None}
+    total = sum(task.weights[n] * (streams[n] or 0.0) for n in names)
+    return StepLosses(total=total, streams=streams, parts=parts, units=units, images=images)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -102,7 +102,7 @@ class Tracker:
         self.last_step = last_step
         self.path = Path(stage_dir) / "metrics.jsonl"
         self.wandb = wandb if enabled else None
-        self.images = {"clip": 0, "sam": 0}
+        self.images: dict[str, int] = {}
         self.window_start = time.perf_counter()
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,9 +113,10 @@ class Tracker:
             else None
         )
 
-    def count_images(self, clip: int, sam: int) -> None:
-        self.images["clip"] += clip
-        self.images["sam"] += sam
+    def count_images(self, **images: int) -> None:
+        """Images this step, by stream name (throughput is logged for every stream ever counted)."""
+        for name, count in images.items():
+            self.images[name] = self.images.get(name, 0) + count
         if self.bar is not None:
             self.bar.update(1)
 
@@ -131,10 +132,9 @@ class Tracker:
             "step": step,
             "stage": self.stage,
             **metrics,
-            "images_per_s/clip": self.images["clip"] / elapsed,
-            "images_per_s/sam": self.images["sam"] / elapsed,
+            **{f"images_per_s/{name}": count / elapsed for name, count in self.images.items()},
         }
-        self.images = {"clip": 0, "sam": 0}
+        self.images = dict.fromkeys(self.images, 0)
         self.window_start = time.perf_counter()
         with self.path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
@@ -145,14 +145,14 @@ class Tracker:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{line.get('loss', float('nan')):.4f}", refresh=False)
         else:
+            rates = "  ".join(f"{line[f'images_per_s/{name}']:.3g} {name} img/s" for name in self.images)
             log.info(
-                "%s step %d/%d loss %.4g  %.3g clip img/s  %.3g sam img/s",
+                "%s step %d/%d loss %.4g  %s",
                 self.stage,
                 step,
                 self.last_step,
                 line.get("loss", float("nan")),
-                line["images_per_s/clip"],
-                line["images_per_s/sam"],
+                rates,
             )
 
     def close(self) -> None:

@@ -55,7 +55,7 @@ def _run(tmp_path: Path, nan_steps: set[int], num_steps: int, max_nonfinite: int
             tracker=tracker,
             checkpointer=checkpointer,
             options=LoopOptions(
-                clip_micro_batch_size=4, sam_micro_batch_size=1, max_consecutive_nonfinite=max_nonfinite
+                micro_batch_sizes={"clip": 4, "sam": 1}, max_consecutive_nonfinite=max_nonfinite
             ),
         )
     except NonFiniteLossError as raised:

@@ -40,7 +40,7 @@ def test_full_batch_step_matches_hand_written_loss() -> None:
     clip, sam = _batches()
     ours = tiny_task(seed=1, sam_weight=10.0)
     losses = forward_backward(
-        ours, ours.student, clip, sam, clip_micro_batch_size=8, sam_micro_batch_size=2, env=ENV
+        ours, ours.student, {"clip": clip, "sam": sam}, micro_batch_sizes={"clip": 8, "sam": 2}, env=ENV
     )
 
     reference = tiny_task(seed=1, sam_weight=10.0)
@@ -65,8 +65,8 @@ def test_full_batch_step_matches_hand_written_loss() -> None:
     loss.backward()
 
     assert losses.total == pytest.approx(loss.item(), rel=1e-5)
-    assert losses.clip == pytest.approx(loss_clip.item(), rel=1e-5)
-    assert losses.num_masks == sum(g.num_prompts for g in sam.prompts)
+    assert losses.streams["clip"] == pytest.approx(loss_clip.item(), rel=1e-5)
+    assert losses.units == {"clip": 8, "sam": sum(g.num_prompts for g in sam.prompts)}
     expected = _grads(reference)
     got = _grads(ours)
     assert got.keys() == expected.keys()
@@ -88,10 +88,8 @@ def test_micro_batch_split_gives_the_same_update(clip_micro: int, sam_micro: int
         losses = forward_backward(
             task,
             task.student,
-            clip,
-            sam,
-            clip_micro_batch_size=micro[0],
-            sam_micro_batch_size=micro[1],
+            {"clip": clip, "sam": sam},
+            micro_batch_sizes={"clip": micro[0], "sam": micro[1]},
             env=ENV,
         )
         grads = _grads(task)
@@ -111,13 +109,13 @@ def test_micro_batch_split_gives_the_same_update(clip_micro: int, sam_micro: int
 def test_grad_checkpointing_and_bf16_autocast_options() -> None:
     """Gradient checkpointing recomputes the blocks and gives the same gradients; bf16 autocast runs, close on CPU."""
     clip, sam = _batches(clip=2, sam=1)
-    micro = {"clip_micro_batch_size": 2, "sam_micro_batch_size": 1, "env": ENV}
+    micro = {"micro_batch_sizes": {"clip": 2, "sam": 1}, "env": ENV}
 
     def run(task, **options):
         calls = []
         for block in (task.student.backbone.blocks[0], task.student.clip_head.blocks[0]):
             block.register_forward_pre_hook(lambda module, args: calls.append(module))
-        losses = forward_backward(task, task.student, clip, sam, **micro, **options)
+        losses = forward_backward(task, task.student, {"clip": clip, "sam": sam}, **micro, **options)
         return losses, len(calls)
 
     reference, checkpointed, bf16 = tiny_task(seed=4), tiny_task(seed=4), tiny_task(seed=4)

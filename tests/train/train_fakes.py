@@ -166,7 +166,7 @@ def train_tiny(
         state,
         last_step,
         stage=stage,
-        options=LoopOptions(clip_micro_batch_size=clip_micro, sam_micro_batch_size=sam_micro),
+        options=LoopOptions(micro_batch_sizes={"clip": clip_micro, "sam": sam_micro}),
         env=env,
         tracker=tracker,
         checkpointer=checkpointer,

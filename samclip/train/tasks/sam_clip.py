@@ -14,6 +14,7 @@ finds them with one probe backward and freezes them, so they stay bit-identical.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,8 @@ from samclip.losses import CosineDistillationLoss, MaskDistillationLoss, MaskLos
 from samclip.models import SamClipModel, SamClipOutput, SamPrompts
 from samclip.models.sam_head import SamHeadOutput
 from samclip.models.teachers import ClipTeacher, SamTeacher
+from samclip.train.step import split_clip, split_sam
+from samclip.train.tasks.base import StreamLoss
 
 StudentForward = Callable[..., SamClipOutput]
 SAM_OUTPUTS = ("single", "all")
@@ -57,6 +60,7 @@ class SamClipTask:
         self.sam_loss_fn = sam_loss if sam_loss is not None else MaskDistillationLoss()
         self.weights = {"clip": float(clip_weight), "sam": float(sam_weight)}
         self.sam_outputs = sam_outputs
+        self.part_names = {"clip": (), "sam": ("focal", "dice")}
 
     def to(self, device: torch.device) -> SamClipTask:
         for module in (self.student, self.clip_teacher, self.sam_teacher):
@@ -67,6 +71,27 @@ class SamClipTask:
     def train(self) -> None:
         """Student in train mode; teachers stay in eval mode (their ``train`` is a no-op)."""
         self.student.train()
+
+    def split(self, stream: str, batch: Any, micro_batch_size: int) -> list[Any]:
+        """D_CLIP: chunks of images; D_SAM: chunks of images with their prompt groups re-indexed."""
+        if stream == "clip":
+            return split_clip(batch.images, micro_batch_size)
+        return split_sam(batch.images, batch.prompts, micro_batch_size)
+
+    def num_units(self, stream: str, micro: Any) -> int:
+        """Images for L_clip, masks (prompts) for L_sam."""
+        if stream == "clip":
+            return micro.shape[0]
+        return sum(group.num_prompts for group in micro[1])
+
+    def num_images(self, stream: str, micro: Any) -> int:
+        return micro.shape[0] if stream == "clip" else micro[0].shape[0]
+
+    def loss(self, stream: str, student: StudentForward, micro: Any) -> StreamLoss:
+        if stream == "clip":
+            return StreamLoss(self.clip_loss(student, micro), {})
+        mask_loss = self.sam_loss(student, *micro)
+        return StreamLoss(mask_loss.total, {"focal": mask_loss.focal, "dice": mask_loss.dice})
 
     def clip_loss(self, student: StudentForward, images: torch.Tensor) -> torch.Tensor:
         """L_clip on one micro-batch: mean over its images of ``1 - cos(student, teacher)``."""

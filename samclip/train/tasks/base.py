@@ -1,0 +1,46 @@
+"""The recipe contract: what the generic step and loop ask of a task (SAM-CLIP, SAM2CLIP, CLIP2SAM).
+
+A task names its streams and their loss weights, splits a stream's batch into micro-batches, counts
+each micro-batch's units (images, masks, instances) and images, and returns the micro-batch's loss as
+a *mean over its units* plus named parts for logging. The step weights each micro-batch by its share
+of the step's global units, so any split over micro-batches and ranks gives the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import nn
+
+
+class StreamLoss(NamedTuple):
+    """A micro-batch's loss (mean over its units) and its named parts (``loss_<stream>_<part>`` in the logs)."""
+
+    total: torch.Tensor
+    parts: Mapping[str, torch.Tensor]
+
+
+class Task(Protocol):
+    student: nn.Module
+    # Loss weight per stream the recipe knows; the step sums weight * stream mean.
+    weights: Mapping[str, float]
+    # Names of each stream's loss parts (a fixed set, logged as None when the stream is absent).
+    part_names: Mapping[str, tuple[str, ...]]
+
+    def to(self, device: torch.device) -> Task: ...
+
+    def train(self) -> None: ...
+
+    def split(self, stream: str, batch: Any, micro_batch_size: int) -> list[Any]: ...
+
+    def num_units(self, stream: str, micro: Any) -> int: ...
+
+    def num_images(self, stream: str, micro: Any) -> int: ...
+
+    def loss(self, stream: str, student: Callable[..., Any], micro: Any) -> StreamLoss: ...
+
+    def freeze_without_loss_path(self, streams: Sequence[str]) -> list[str]:
+        """Freeze (and return) trainable parameters that no loss of ``streams`` reaches."""
+        ...
