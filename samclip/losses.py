@@ -96,6 +96,44 @@ def mask_distillation_loss(
     return MaskLoss(total=total, focal=focal, dice=dice, iou=iou)
 
 
+def embedding_mse_per_image(
+    student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-pixel MSE of ``[B, C, h, w]`` embeddings, averaged per image over channels and (valid) pixels.
+
+    ``valid`` ``[B, h, w]`` (bool) restricts the mean to the un-padded region (OV-SAM's L_distill, masked).
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student embedding {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ"
+        )
+    squared = (student.float() - teacher.detach().float()) ** 2
+    if valid is None:
+        return squared.flatten(1).mean(1)
+    weight = valid[:, None].to(squared.dtype)
+    return (squared * weight).sum((1, 2, 3)) / (weight.sum((1, 2, 3)) * squared.shape[1]).clamp_min(1.0)
+
+
+def valid_embedding_region(input_sizes: torch.Tensor, grid_size: int, patch_size: int) -> torch.Tensor:
+    """``[B, grid, grid]`` bool: the embedding cells that see some un-padded pixel (padding is bottom/right)."""
+    cells = torch.div(input_sizes + patch_size - 1, patch_size, rounding_mode="floor")
+    index = torch.arange(grid_size, device=input_sizes.device)
+    return (index[None, :, None] < cells[:, 0, None, None]) & (index[None, None, :] < cells[:, 1, None, None])
+
+
+class EmbeddingDistillationLoss(nn.Module):
+    """SAM2CLIP's L_distill (OV-SAM eq. 2-3) as a module: mean over images of the per-pixel MSE."""
+
+    def __init__(self, masked: bool = False) -> None:
+        super().__init__()
+        self.masked = masked
+
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return embedding_mse_per_image(student, teacher, valid if self.masked else None).mean()
+
+
 class CosineDistillationLoss(nn.Module):
     """L_clip as a module, for configs."""
 

@@ -7,15 +7,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from samclip.models.checkpoint_files import atomic_torch_save, read_torch_file
 from samclip.models.config import SamClipConfig
 from samclip.models.factory import create_model_from_config
-from samclip.models.samclip_model import SamClipModel
 
 FORMAT_VERSION = 1
+# ``model_kind`` in final.pt: which recipe's model the config rebuilds (absent in older files: samclip).
+SAMCLIP_KIND = "samclip"
+OVSAM_KIND = "ovsam"
+
+
+def _config_class(kind: str) -> Any:
+    if kind == SAMCLIP_KIND:
+        return SamClipConfig
+    if kind == OVSAM_KIND:
+        from samclip.models.ovsam.config import OvSamConfig
+
+        return OvSamConfig
+    raise ValueError(
+        f"unknown model_kind {kind!r} in a final checkpoint; known: {[SAMCLIP_KIND, OVSAM_KIND]}"
+    )
 
 
 @dataclass(frozen=True)
@@ -29,24 +45,31 @@ class ClipTeacherSpec:
 @dataclass
 class FinalCheckpoint:
     model_state: dict[str, torch.Tensor]
-    model_config: SamClipConfig
+    model_config: Any  # SamClipConfig, or OvSamConfig for model_kind "ovsam"
     clip_teacher: ClipTeacherSpec
     stage: str
     step: int
+    model_kind: str = SAMCLIP_KIND
 
-    def build_model(self) -> SamClipModel:
-        model = create_model_from_config(self.model_config)
+    def build_model(self) -> nn.Module:
+        if self.model_kind == OVSAM_KIND:
+            from samclip.models.ovsam.model import create_ovsam_from_config
+
+            model = create_ovsam_from_config(self.model_config)
+        else:
+            model = create_model_from_config(self.model_config)
         model.load_state_dict(self.model_state, strict=True)
         return model
 
 
 def save_final_checkpoint(
-    path: str | Path, model: SamClipModel, clip_teacher: ClipTeacherSpec, stage: str, step: int
+    path: str | Path, model: nn.Module, clip_teacher: ClipTeacherSpec, stage: str, step: int
 ) -> None:
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     atomic_torch_save(
         {
             "format_version": FORMAT_VERSION,
+            "model_kind": getattr(model, "kind", SAMCLIP_KIND),
             "model": state,
             "model_config": model.config.to_dict(),
             "clip_teacher": {"model_name": clip_teacher.model_name, "pretrained": clip_teacher.pretrained},
@@ -71,9 +94,11 @@ def load_final_checkpoint(path: str | Path) -> FinalCheckpoint:
     ]
     if missing:
         raise ValueError(f"checkpoint {path} is not a samclip final checkpoint: it lacks {missing}")
+    kind = str(raw.get("model_kind", SAMCLIP_KIND))
     return FinalCheckpoint(
+        model_kind=kind,
         model_state=raw["model"],
-        model_config=SamClipConfig.from_dict(raw["model_config"]),
+        model_config=_config_class(kind).from_dict(raw["model_config"]),
         clip_teacher=ClipTeacherSpec(**raw["clip_teacher"]),
         stage=str(raw.get("stage", "")),
         step=int(raw.get("step", 0)),

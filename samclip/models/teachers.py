@@ -141,6 +141,11 @@ class SamTeacher(FrozenTeacher):
         self.freeze()
 
     @torch.no_grad()
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """SAM's image embedding ``[B, 256, S/16, S/16]`` (SAM2CLIP's distillation target)."""
+        return self.sam.image_encoder(normalize_sam(images))
+
+    @torch.no_grad()
     def forward(
         self,
         images: torch.Tensor,

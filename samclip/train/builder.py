@@ -75,6 +75,10 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
     if cfg.loss.get("sam_outputs", "single") not in SAM_OUTPUTS:
         raise ValueError(f"loss.sam_outputs must be one of {SAM_OUTPUTS}, got {cfg.loss.sam_outputs!r}")
     for stage in stages:
+        if stage.task not in cfg.tasks:
+            raise ValueError(
+                f"stage.{stage.name}.task: unknown task {stage.task!r}; available: {list(cfg.tasks)}"
+            )
         try:
             trainable = set_trainable(model, stage.trainable)
         except ValueError as error:
@@ -144,12 +148,16 @@ def build_model(cfg: DictConfig, *, from_sam_checkpoint: bool) -> SamClipModel:
 
 
 def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> Task:
-    """The recipe's task (``cfg.task._target_``) around the student.
+    """The stage's recipe task (``cfg.tasks[stage.task]``, built by its ``_target_``) around the student.
 
-    ``task.stream_parts`` names, per stream, the task arguments only that stream needs (its teacher and
+    ``stream_parts`` names, per stream, the task arguments only that stream needs (its teacher and
     loss): for a stage without that stream they are not built (passed as None).
     """
-    node = OmegaConf.to_container(cfg.task, resolve=True)
+    if stage.task not in cfg.tasks:
+        raise ValueError(
+            f"stage.{stage.name}.task: unknown task {stage.task!r}; available: {list(cfg.tasks)}"
+        )
+    node = OmegaConf.to_container(cfg.tasks[stage.task], resolve=True)
     stream_parts = node.pop("stream_parts", None) or {}
     for stream, keys in stream_parts.items():
         if stream not in stage.streams:

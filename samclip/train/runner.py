@@ -97,7 +97,10 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
         log.info("%s: frozen, no loss path: %s", stage.name, ", ".join(frozen))
     streams = builder.build_streams(cfg, stage, env)
     optimizer = builder.build_stage_optimizer(cfg, stage, model)
-    steps_per_epoch = getattr(streams.get("clip"), "steps_per_epoch", None)
+    # An epoch of the stage's first stream that knows its length (D_CLIP in the SAM-CLIP stages).
+    steps_per_epoch = next(
+        (s.steps_per_epoch for s in streams.values() if getattr(s, "steps_per_epoch", None)), None
+    )
     scheduler = build_scheduler(
         optimizer, stage.warmup_steps, stage.schedule_length(steps_per_epoch), stage.min_lr_ratio
     )

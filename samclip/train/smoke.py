@@ -47,3 +47,21 @@ def prepare_smoke_assets(
                 if name == "pos_embed" or "rel_pos" in name:
                     param.normal_(std=0.02)
         atomic_torch_save(sam.state_dict(), sam_teacher)
+
+
+def prepare_ovsam_smoke_assets(
+    data_dir: str,
+    clip_pretrained: str,
+    clip_model_name: str,
+    sam_teacher: str,
+    sam_model_name: str,
+    seed: int = 0,
+) -> None:
+    """The OV-SAM smoke run's files: SA-1B shards, COCO-layout instances, a random CLIP CNN and SAM teacher."""
+    from samclip.data.synth_instances import make_synthetic_instances
+
+    prepare_smoke_assets(data_dir, clip_pretrained, clip_model_name, sam_teacher, sam_model_name, seed)
+    instances = Path(data_dir) / "instances"
+    if not (instances / "annotations" / "instances_val.json").is_file():
+        log.info("smoke: writing synthetic COCO-layout instances to %s", instances)
+        make_synthetic_instances(str(instances), seed=seed)

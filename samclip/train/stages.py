@@ -80,6 +80,7 @@ class Stage:
     sam: SamStreamSpec | None = None
     instances: InstanceStreamSpec | None = None
     previous: str | None = None
+    task: str = "sam_clip"  # the recipe task that trains it: a key of the config's ``tasks``
     lr_multipliers: dict[str, float] = field(default_factory=dict)
     min_lr_ratio: float = 0.0
     # Length: epochs of D_CLIP (the paper's unit), or steps when ``schedule_steps`` is set.
@@ -201,7 +202,7 @@ def _require_divisible(key: str, value: int, divisor: int, complaint: str) -> No
 def _need(steps_per_epoch: int | None, stage: str) -> int:
     if steps_per_epoch is None:
         raise ValueError(
-            f"stage.{stage}: a length in epochs needs a D_CLIP epoch (set data.clip.num_samples, or use "
+            f"stage.{stage}: a length in epochs needs the stream's epoch (set data.<stream>.num_samples, or use "
             f"stage.{stage}.schedule_steps)"
         )
     return int(steps_per_epoch)
