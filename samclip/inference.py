@@ -29,15 +29,19 @@ from samclip.eval.zeroshot import (
 )
 from samclip.models import SamClipConfig, SamClipModel, Segmentation, create_model_from_config
 from samclip.models.config import MODEL_CONFIGS
-from samclip.models.final_checkpoint import ClipTeacherSpec, load_final_checkpoint
+from samclip.models.final_checkpoint import OVSAM_KIND, ClipTeacherSpec, load_final_checkpoint
 
 # Importing teachers also registers samclip's small open_clip configs.
 from samclip.models.teachers import create_open_clip, open_clip_tokenizer
+from samclip.ovsam_inference import OpenVocabularySam
 
 EXPORT_FORMAT = "samclip-merged"
 EXPORT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+OVSAM_EXPORT_FILE = (
+    "ovsam.pt"  # an OV-SAM export: its final.pt format, self-contained (CLIP text tower included)
+)
 
 
 class TextEncoder(nn.Module):
@@ -222,17 +226,25 @@ class MergedSamClip(nn.Module):
         return directory
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", *, allow_hub: bool = False) -> MergedSamClip:
+def load(
+    path: str | Path, device: str | torch.device = "cpu", *, allow_hub: bool = False
+) -> MergedSamClip | OpenVocabularySam:
     """The merged model from a stage's ``final.pt`` or a ``samclip-export --format samclip`` directory.
 
     A directory's ``config.json`` is validated before anything is built; a ``text_model`` naming a hub
-    location (``hf-hub:...``) is fetched only with ``allow_hub=True``.
+    location (``hf-hub:...``) is fetched only with ``allow_hub=True``. An Open-Vocabulary SAM checkpoint
+    (``model_kind`` ovsam, or an export holding ``ovsam.pt``) gives an
+    :class:`~samclip.ovsam_inference.OpenVocabularySam` (prompt -> mask + label).
     """
     path = Path(path)
+    if path.is_dir() and (path / OVSAM_EXPORT_FILE).is_file():
+        path = path / OVSAM_EXPORT_FILE
     if path.is_dir():
         merged = _load_exported(path, allow_hub)
     elif path.is_file():
         final = load_final_checkpoint(path)
+        if final.model_kind == OVSAM_KIND:
+            return OpenVocabularySam(final.build_model()).to(device).eval()
         text = TextEncoder.from_open_clip(final.clip_teacher.model_name, final.clip_teacher.pretrained)
         merged = MergedSamClip(final.build_model(), text, final.clip_teacher)
         merged.source.update(stage=final.stage, step=final.step)

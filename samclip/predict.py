@@ -10,6 +10,10 @@ With ``--labels`` it draws zero-shot semantic segmentation (``--mode clip|compos
 with ``--points`` / ``--boxes`` it draws the SAM head's masks (all points form one prompt; each box is one)
 and marks the prompts; ``--everything`` draws segment_anything's automatic masks, each named among
 ``--labels`` when given. A folder or a glob of images writes one overlay each into the ``--out`` folder.
+An Open-Vocabulary SAM checkpoint takes prompts *and* ``--labels`` and names each mask (each point is
+one prompt there):
+
+    samclip-predict photo.jpg --checkpoint ovsam/clip2sam/final.pt --boxes "10,20,200,240" --labels "cat,dog" --out o.png
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from samclip.cli_errors import pop_debug_flag, user_errors
 from samclip.eval.transforms import to_uint8_array
 from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
 from samclip.inference import MergedSamClip, load
+from samclip.ovsam_inference import OpenVocabularySam
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -117,6 +122,32 @@ def expand_inputs(pattern: str) -> list[Path]:
     return found
 
 
+def labelled_mask_overlay(
+    model: OpenVocabularySam,
+    image: np.ndarray,
+    points: np.ndarray | None,
+    boxes: np.ndarray | None,
+    labels: Sequence[str],
+) -> Image.Image:
+    """OV-SAM: each box (or each point, one prompt per point) gives a mask drawn with its label and probability."""
+    results = []
+    if boxes is not None:
+        results.append(model.segment(image, boxes=boxes, labels=labels))
+    if points is not None:
+        results.append(model.segment(image, points=points[:, None], labels=labels))
+    palette = class_palette(256)[1:]
+    canvas, names, colors = image, [], []
+    for result in results:
+        for mask, label, prob in zip(
+            result.masks.cpu().numpy(), result.labels, result.label_scores.tolist(), strict=True
+        ):
+            color = palette[len(names) % len(palette)]
+            canvas = overlay(canvas, np.broadcast_to(color, image.shape), mask)
+            names.append(f"{len(names)}: {label} {prob:.2f}")
+            colors.append(color)
+    return draw_prompts(draw_legend(Image.fromarray(canvas), names, colors), points=points, boxes=boxes)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point; user errors print one line and exit 2 (``--debug`` for the traceback)."""
     argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
@@ -150,8 +181,6 @@ def predict_cli(argv: Sequence[str]) -> None:
     prompted = args.points is not None or args.boxes is not None
     if args.everything and prompted:
         parser.error("--everything segments without prompts: drop --points/--boxes")
-    if not args.everything and (args.labels is None) == (not prompted):
-        parser.error("give --labels (semantic segmentation), --points/--boxes (SAM masks) or --everything")
     labels = None
     if args.labels is not None:
         labels = [label.strip() for label in args.labels.split(",") if label.strip()]
@@ -165,9 +194,16 @@ def predict_cli(argv: Sequence[str]) -> None:
     several = not Path(args.image).is_file()
     targets = [out / f"{path.stem}.png" for path in inputs] if several else [out]
     model = load(args.checkpoint, device=args.device)
+    ovsam = isinstance(model, OpenVocabularySam)
+    if ovsam and (not prompted or labels is None):
+        parser.error("an Open-Vocabulary SAM checkpoint needs --points/--boxes and --labels")
+    if not ovsam and not args.everything and (labels is None) == (not prompted):
+        parser.error("give --labels (semantic segmentation), --points/--boxes (SAM masks) or --everything")
     for path, target in zip(tqdm(inputs, desc="predict", disable=not several), targets, strict=True):
         image = to_uint8_array(path)
-        if args.everything:
+        if ovsam:
+            result = labelled_mask_overlay(model, image, points, boxes, labels)
+        elif args.everything:
             result = everything_overlay(model, image, labels)
         elif labels is not None:
             result = semantic_overlay(model, image, labels, args.mode, args.threshold, args.composed_protocol)
