@@ -94,7 +94,7 @@ def open_vocabulary_split(
         novel = [int(c["id"]) for c in categories if c["frequency"] == "r"]
         return OpenVocabularySplit(tuple(sorted(base)), tuple(sorted(novel)), names)
     by_name = {name: cid for cid, name in names.items()}
-    unknown = sorted(set(base_classes or ()) | set(novel_classes or ()) - set(by_name))
+    unknown = sorted((set(base_classes or ()) | set(novel_classes or ())) - set(by_name))
     if unknown:
         raise ValueError(f"split: classes {unknown[:5]} are not categories of the annotations")
     overlap = sorted(set(base_classes or ()) & set(novel_classes or ()))
