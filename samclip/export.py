@@ -25,7 +25,9 @@ from samclip.models import MODEL_CONFIGS, SamClipModel, create_model
 from samclip.models.checkpoint_files import read_torch_file
 from samclip.models.config import SAM_REGISTRY_NAMES
 from samclip.models.final_checkpoint import ClipTeacherSpec, atomic_torch_save, load_final_checkpoint
+from samclip.models.ovsam import OvSamModel
 from samclip.models.sam_checkpoint import to_official_state_dict, validate_sam_state_dict
+from samclip.ovsam_inference import OpenVocabularySam
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,14 @@ def export_cli(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     model, teacher = load_student(args.checkpoint, args.model, args.clip_model, args.clip_pretrained)
-    if args.format == "sam":
+    if isinstance(model, OvSamModel):
+        if args.format != "samclip":
+            parser.error(
+                f"{args.checkpoint} is an Open-Vocabulary SAM (a frozen CLIP encoder, no SAM image encoder): "
+                "only --format samclip exports it"
+            )
+        OpenVocabularySam(model).save_pretrained(args.out)
+    elif args.format == "sam":
         export_sam(model, args.out)
     elif args.format == "onnx":
         from samclip.onnx_export import export_onnx  # imports torch.onnx only when asked

@@ -33,15 +33,12 @@ from samclip.models.final_checkpoint import OVSAM_KIND, ClipTeacherSpec, load_fi
 
 # Importing teachers also registers samclip's small open_clip configs.
 from samclip.models.teachers import create_open_clip, open_clip_tokenizer
-from samclip.ovsam_inference import OpenVocabularySam
+from samclip.ovsam_inference import OVSAM_EXPORT_FILE, OpenVocabularySam
 
 EXPORT_FORMAT = "samclip-merged"
 EXPORT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-OVSAM_EXPORT_FILE = (
-    "ovsam.pt"  # an OV-SAM export: its final.pt format, self-contained (CLIP text tower included)
-)
 
 
 class TextEncoder(nn.Module):
@@ -244,7 +241,9 @@ def load(
     elif path.is_file():
         final = load_final_checkpoint(path)
         if final.model_kind == OVSAM_KIND:
-            return OpenVocabularySam(final.build_model()).to(device).eval()
+            ovsam = OpenVocabularySam(final.build_model())
+            ovsam.source.update(stage=final.stage, step=final.step, path=str(path.absolute()))
+            return ovsam.to(device).eval()
         text = TextEncoder.from_open_clip(final.clip_teacher.model_name, final.clip_teacher.pretrained)
         merged = MergedSamClip(final.build_model(), text, final.clip_teacher)
         merged.source.update(stage=final.stage, step=final.step)

@@ -11,12 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from samclip.models.ovsam.config import OvSamConfig
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from samclip.eval.transforms import ImageLike, to_uint8_array
+from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
 from samclip.models.ovsam import OvSamEmbedding, OvSamModel
 from samclip.models.preprocess import (
     SAM_PAD_VALUE,
@@ -26,7 +29,8 @@ from samclip.models.preprocess import (
 )
 from samclip.models.prompts import SamPrompts
 
-OVSAM_EXPORT_FORMAT = "samclip-ovsam"
+# An OV-SAM export directory holds this file (the final.pt format; it carries its whole CLIP).
+OVSAM_EXPORT_FILE = "ovsam.pt"
 
 
 class LabelledSegmentation(NamedTuple):
@@ -49,6 +53,7 @@ class OpenVocabularySam(nn.Module):
         super().__init__()
         self.ovsam = model
         self.templates = tuple(templates)
+        self.source: dict[str, object] = {}  # where it was loaded from (path, stage, step), for provenance
         self._text: dict[tuple[str, ...], torch.Tensor] = {}
 
     @property
@@ -127,9 +132,14 @@ class OpenVocabularySam(nn.Module):
             > 0
         )
         if not labels:
-            empty = torch.zeros(masks.shape[0], 0)
+            count = masks.shape[0]
             return LabelledSegmentation(
-                masks[:, 0], output.iou_predictions[:, 0], [], empty[:, 0], empty, output.low_res_logits
+                masks[:, 0],
+                output.iou_predictions[:, 0],
+                [],
+                torch.zeros(count),
+                torch.zeros(count, 0),
+                output.low_res_logits,
             )
         probs = self.ovsam.class_probabilities(frame.embedding, output, self.text_embeddings(labels))
         best = probs.argmax(-1)
@@ -143,10 +153,9 @@ class OpenVocabularySam(nn.Module):
         )
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
-
+        """``DIR/ovsam.pt`` in the final.pt format: self-contained (the CLIP tower, text included), read by ``load``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         spec = ClipTeacherSpec(self.config.clip_model_name, None)
-        save_final_checkpoint(directory / "ovsam.pt", self.ovsam, spec, "export", 0)
+        save_final_checkpoint(directory / OVSAM_EXPORT_FILE, self.ovsam, spec, "export", 0)
         return directory

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
+import samclip
 from samclip.data.synth_instances import SYNTH_NOVEL_CLASSES, make_synthetic_instances
+from samclip.eval.instseg import evaluate_instseg
 from samclip.eval.ovsam import InstanceResult, evaluate_prompts, mask_centre, table1_metrics
+from samclip.export import main as export_main
+from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
+from samclip.models.ovsam import create_ovsam_model
+from samclip.ovsam_inference import OpenVocabularySam
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +98,35 @@ def test_mask_centre_lies_inside_a_non_convex_mask() -> None:
     mask[28:35, 5:35] = True
     x, y = mask_centre(mask)
     assert mask[int(y), int(x)]
+
+
+def test_an_ovsam_export_loads_and_serves_the_box_prompted_mask_ap(val: Path, tmp_path: Path) -> None:
+    """``samclip-export --format samclip`` of an OV-SAM round-trips through ``samclip.load``, and the existing
+    COCO evaluator (Tables 2-3: detector boxes as prompts) runs on it; GT boxes with their labels as detections."""
+    torch.manual_seed(0)
+    model = create_ovsam_model("ovsam_tiny")
+    final = tmp_path / "final.pt"
+    save_final_checkpoint(final, model, ClipTeacherSpec("samclip-tiny-rn-clip", None), "clip2sam", 3)
+    export_main([str(final), "--format", "samclip", "--out", str(tmp_path / "export")])
+    loaded, exported = samclip.load(final), samclip.load(tmp_path / "export")
+    assert isinstance(loaded, OpenVocabularySam) and loaded.source["stage"] == "clip2sam"
+    image = np.full((90, 120, 3), 128, np.uint8)
+    a = loaded.segment(image, boxes=[[10, 10, 60, 80]], labels=["cat", "dog"])
+    b = exported.segment(image, boxes=[[10, 10, 60, 80]], labels=["cat", "dog"])
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.probs, b.probs) and a.labels[0] in ("cat", "dog")
+    assert a.masks.shape == (1, 90, 120) and a.probs.sum().item() == pytest.approx(1.0)
+    raw = json.loads((val / "annotations" / "instances_val.json").read_text())
+    detections = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in raw["annotations"]
+    ]
+    (tmp_path / "detections.json").write_text(json.dumps(detections))
+    metrics = evaluate_instseg(
+        loaded,
+        tmp_path / "instseg",
+        annotations=str(val / "annotations" / "instances_val.json"),
+        detections=str(tmp_path / "detections.json"),
+        images_root=str(val / "val"),
+        num_visualize=0,
+    )
+    assert metrics["num_masks"] == len(raw["annotations"]) and 0.0 <= metrics["AP"] <= 100.0
