@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from samclip.models.ovsam.config import OvSamConfig
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,7 +18,7 @@ from torch import nn
 
 from samclip.eval.transforms import ImageLike, to_uint8_array
 from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
-from samclip.models.ovsam import OvSamEmbedding, OvSamModel
+from samclip.models.ovsam import OvSamConfig, OvSamEmbedding, OvSamModel
 from samclip.models.preprocess import (
     SAM_PAD_VALUE,
     pad_to_square,
@@ -57,7 +55,7 @@ class OpenVocabularySam(nn.Module):
         self._text: dict[tuple[str, ...], torch.Tensor] = {}
 
     @property
-    def config(self):
+    def config(self) -> OvSamConfig:
         return self.ovsam.config
 
     @property
