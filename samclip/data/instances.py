@@ -230,14 +230,16 @@ class InstanceStream:
         while self.position < self.steps_per_epoch:
             start = self.position * self.global_batch_size + self.rank * local
             ids = [self.image_ids[i] for i in order[start : start + local]]
-            batch = self.build(ids, np.random.default_rng((self.seed, self.epoch, self.position, self.rank)))
+            batch = self.build(ids)
             self.position += 1
             yield batch
         self.epoch, self.position = self.epoch + 1, 0
 
-    def build(self, image_ids: Sequence[int], rng: np.random.Generator) -> InstanceBatch:
+    def build(self, image_ids: Sequence[int]) -> InstanceBatch:
         images, input_sizes, original_sizes, prompts, targets = [], [], [], [], []
         for index, image_id in enumerate(image_ids):
+            # Sampling depends on the image and epoch only, so any number of ranks sees the same global batch.
+            rng = np.random.default_rng((self.seed, self.epoch, image_id))
             info = self.dataset.loadImgs(image_id)[0]
             with Image.open(os.path.join(self.images_root, info["file_name"])) as raw:
                 frame, input_size = to_sam_frame(raw.convert("RGB"), self.image_size)

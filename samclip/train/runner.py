@@ -123,8 +123,7 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
         torch.manual_seed(cfg.seed + 1 + env.rank)
     if cfg.trainer.compile:
         model.compile()  # in place: task.student, the DDP wrapper and state-dict keys all see the same module
-    # Only multitask mixes streams; there each head is unused in the other stream's micro-batches.
-    student = wrap_student(model, env, find_unused_parameters=len(stage.streams) > 1)
+    student = wrap_student(model, env, find_unused_parameters=task.find_unused_parameters)
     tracker = builder.build_tracker(cfg, directory, stage, env, state.step, last_step)
     try:
         train_stage(

@@ -126,24 +126,30 @@ def _head() -> Clip2SamHead:
     )
 
 
-def test_roi_features_equal_roi_align_by_hand_on_a_linear_map() -> None:
-    """On f(x, y) = a x + b y + c bilinear sampling is exact, so each RoIAlign bin is f at its centre."""
+def test_roi_features_equal_roi_align_by_hand_on_linear_maps() -> None:
+    """On f(x, y) = a x + b y + c bilinear sampling is exact, so each RoIAlign bin is f at its centre;
+    the region feature is the sum over the FPN levels (strides 8, 16, 32) of those values."""
     head = _head()
     a, b, c = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.25, 3.0, -1.0]), torch.tensor([2.0, 0.0, 1.0])
-    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
-    finest = (a.view(3, 1, 1) * xs + b.view(3, 1, 1) * ys + c.view(3, 1, 1))[None].repeat(2, 1, 1, 1)
-    finest[1] *= -1
-    boxes = torch.tensor([[0, 16.0, 24.0, 80.0, 56.0], [1, 8.0, 8.0, 40.0, 104.0]])  # frame pixels, stride 8
-    out = head.region_features(finest, boxes)
+    levels = []
+    for side in (16, 8, 4):
+        ys, xs = torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)), indexing="ij")
+        level = (a.view(3, 1, 1) * xs + b.view(3, 1, 1) * ys + c.view(3, 1, 1))[None].repeat(2, 1, 1, 1)
+        level[1] *= -1
+        levels.append(level)
+    boxes = torch.tensor([[0, 16.0, 24.0, 80.0, 56.0], [1, 8.0, 8.0, 40.0, 104.0]])  # frame pixels
+    out = head.region_features(levels, boxes)
     assert out.shape == (2, 3, 2, 2)
-    for k, (image, x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        # aligned=True: pixel-centre convention, the box is shifted by half a feature cell.
-        x0, y0, x1, y1 = x0 / 8 - 0.5, y0 / 8 - 0.5, x1 / 8 - 0.5, y1 / 8 - 0.5
+    for k, (image, *box) in enumerate(boxes.tolist()):
         sign = -1.0 if image == 1 else 1.0
         for i in range(2):
             for j in range(2):
-                cx, cy = x0 + (j + 0.5) * (x1 - x0) / 2, y0 + (i + 0.5) * (y1 - y0) / 2
-                expected = sign * (a * cx + b * cy + c)
+                expected = torch.zeros(3)
+                for stride in (8, 16, 32):
+                    # aligned=True: pixel-centre convention, the box is shifted by half a feature cell.
+                    x0, y0, x1, y1 = (v / stride - 0.5 for v in box)
+                    cx, cy = x0 + (j + 0.5) * (x1 - x0) / 2, y0 + (i + 0.5) * (y1 - y0) / 2
+                    expected += sign * (a * cx + b * cy + c)
                 torch.testing.assert_close(out[k, :, i, j], expected, rtol=1e-5, atol=1e-5)
 
 

@@ -47,6 +47,7 @@ def _clip2sam_task(seed: int) -> Clip2SamTask:
     torch.manual_seed(seed)
     model = create_ovsam_model("ovsam_tiny")
     set_trainable(model, ["clip2sam.*", "mask_decoder.*"])
+    model.mask_decoder.iou_prediction_head.requires_grad_(False)  # as stage clip2sam
     return Clip2SamTask(model)
 
 
@@ -125,6 +126,10 @@ def test_ovsam_configs_compose_plan_and_build(tmp_path: Path) -> None:
     s1, s2 = (builder.build_stage(paper, n) for n in ("sam2clip", "clip2sam"))
     assert paper.optim.weight_decay == 1e-4 and (s1.schedule_epochs, s2.schedule_epochs) == (12, 12)
     assert s1.sam.batch_size == s2.instances.batch_size == 16  # 2 images per GPU on 8 GPUs
-    assert (s1.trainable, s2.trainable) == (["sam2clip.*"], ["clip2sam.*", "mask_decoder.*"])
+    assert s1.trainable == ["sam2clip.*"] and s2.trainable[0] == "clip2sam.*"
+    model = builder.build_model(smoke, from_sam_checkpoint=False)
+    trained = set(set_trainable(model, s2.trainable))
+    decoder = {n for n, _ in model.named_parameters() if n.startswith("mask_decoder.")}
+    assert decoder - trained == {n for n in decoder if n.startswith("mask_decoder.iou_prediction_head.")}
     assert paper.model.clip_model_name == "RN50x16" and paper.teacher.sam.model_name == "samclip_vit_h"
     assert paper.data.instances.split == "coco_48_17"

@@ -15,6 +15,9 @@ from torchvision.ops import FeaturePyramidNetwork, roi_align
 class Clip2SamHead(nn.Module):
     """Label token + light FPN on the CLIP pyramid + RoIAlign on the prompt's box + conv + MLP -> embedding.
 
+    RoIAlign pools the box from every FPN level and the levels are summed (small objects get the fine
+    levels' detail, the paper's point of the FPN); our choice, the paper does not say how levels combine.
+
     The region embedding (RoI branch) and the label token's embedding (after the decoder) are added
     (our choice; the paper trains both jointly) and scored against class text embeddings by eq. 1.
     """
@@ -47,16 +50,21 @@ class Clip2SamHead(nn.Module):
         # eq. 1's learnable temperature, as log(1 / tau).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
 
-    def pyramid(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The FPN's finest level (stride ``strides[0]``): top-down paths carry the coarse levels into it."""
-        return next(iter(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values()))
+    def pyramid(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The light FPN's levels (strides ``strides``), fine to coarse."""
+        return list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
 
-    def region_features(self, finest: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """RoIAlign of ``boxes`` ``[K, 5]`` (batch index, xyxy in frame pixels) on the finest FPN level."""
-        return roi_align(finest, boxes, self.roi_size, spatial_scale=1.0 / self.strides[0], aligned=True)
+    def region_features(self, levels: Sequence[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        """RoIAlign of ``boxes`` ``[K, 5]`` (batch index, xyxy in frame pixels) on every FPN level, summed."""
+        return sum(
+            roi_align(level, boxes, self.roi_size, spatial_scale=1.0 / stride, aligned=True)
+            for level, stride in zip(levels, self.strides, strict=True)
+        )
 
-    def embed(self, finest: torch.Tensor, boxes: torch.Tensor, label_tokens: torch.Tensor) -> torch.Tensor:
-        regions = self.roi_conv(self.region_features(finest, boxes)).flatten(1)
+    def embed(
+        self, levels: Sequence[torch.Tensor], boxes: torch.Tensor, label_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        regions = self.roi_conv(self.region_features(levels, boxes)).flatten(1)
         return self.roi_mlp(regions) + self.label_mlp(label_tokens)
 
     def class_logits(self, embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:

@@ -118,9 +118,9 @@ class OvSamModel(nn.Module):
             )
         owner = torch.cat(owners)
         box = torch.cat(boxes).to(embedding.features[0].dtype)
-        finest = self.clip2sam.pyramid(embedding.features)
+        levels = self.clip2sam.pyramid(embedding.features)
         rois = torch.cat([owner[:, None].to(box.dtype), box], dim=1)
-        label = self.clip2sam.embed(finest, rois, torch.cat(tokens))
+        label = self.clip2sam.embed(levels, rois, torch.cat(tokens))
         return OvSamOutput(torch.cat(logits), torch.cat(ious), owner, box, label)
 
     def mask_boxes(self, low_res_logits: torch.Tensor, group: SamPrompts) -> torch.Tensor:

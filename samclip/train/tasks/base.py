@@ -28,6 +28,8 @@ class Task(Protocol):
     weights: Mapping[str, float]
     # Names of each stream's loss parts (a fixed set, logged as None when the stream is absent).
     part_names: Mapping[str, tuple[str, ...]]
+    # Whether some trainable parameters get no gradient in a step (DDP must then look for them).
+    find_unused_parameters: bool
 
     def to(self, device: torch.device) -> Task: ...
 

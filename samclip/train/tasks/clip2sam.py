@@ -58,6 +58,8 @@ class Clip2SamTask:
         }
         self.weights = {"instances": float(loss_weight)}
         self.part_names = {"instances": ("cls", "mask_ce", "dice", "accuracy")}
+        # Every trainable parameter gets a gradient (stage clip2sam leaves the decoder's IoU head frozen).
+        self.find_unused_parameters = False
         self._text: dict[tuple[str, ...], torch.Tensor] = {}
 
     def to(self, device: torch.device) -> Clip2SamTask:

@@ -40,6 +40,7 @@ class Sam2ClipTask:
         self.distill_loss = distill_loss if distill_loss is not None else EmbeddingDistillationLoss()
         self.weights = {"sam": float(distill_weight)}
         self.part_names: dict[str, tuple[str, ...]] = {"sam": ()}
+        self.find_unused_parameters = False
 
     def to(self, device: torch.device) -> Sam2ClipTask:
         self.student.to(device)

@@ -61,6 +61,8 @@ class SamClipTask:
         self.weights = {"clip": float(clip_weight), "sam": float(sam_weight)}
         self.sam_outputs = sam_outputs
         self.part_names = {"clip": (), "sam": ("focal", "dice")}
+        # Only multitask mixes streams; there each head is unused in the other stream's micro-batches.
+        self.find_unused_parameters = clip_teacher is not None and sam_teacher is not None
 
     def to(self, device: torch.device) -> SamClipTask:
         for module in (self.student, self.clip_teacher, self.sam_teacher):
