@@ -77,7 +77,7 @@ def _train(task: Any, steps: int, *, probe: bool, tmp_path: Any) -> None:
         StageState(),
         steps,
         stage="multitask",
-        options=LoopOptions(clip_micro_batch_size=8, sam_micro_batch_size=4),
+        options=LoopOptions(micro_batch_sizes={"clip": 8, "sam": 4}),
         env=env,
         tracker=tracker,
         checkpointer=Checkpointer(tmp_path / "ckpt", every_steps=0, keep_last=1),

@@ -130,6 +130,10 @@ def test_ovsam_configs_compose_plan_and_build(tmp_path: Path) -> None:
     model = builder.build_model(smoke, from_sam_checkpoint=False)
     trained = set(set_trainable(model, s2.trainable))
     decoder = {n for n, _ in model.named_parameters() if n.startswith("mask_decoder.")}
-    assert decoder - trained == {n for n in decoder if n.startswith("mask_decoder.iou_prediction_head.")}
+    frozen = (
+        "mask_decoder.iou_prediction_head.",
+        *(f"mask_decoder.output_hypernetworks_mlps.{i}." for i in (1, 2, 3)),
+    )
+    assert decoder - trained == {n for n in decoder if n.startswith(frozen)}
     assert paper.model.clip_model_name == "RN50x16" and paper.teacher.sam.model_name == "samclip_vit_h"
     assert paper.data.instances.split == "coco_48_17"

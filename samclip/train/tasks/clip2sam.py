@@ -70,6 +70,10 @@ class Clip2SamTask:
     def train(self) -> None:
         self.student.train()
 
+    def freeze_without_loss_path(self, streams: Sequence[str]) -> list[str]:
+        """Nothing to freeze: the stage's trainable patterns name only parameters the loss reaches."""
+        return []
+
     def text_embeddings(self, class_names: tuple[str, ...]) -> torch.Tensor:
         """The frozen CLIP text embeddings of the training vocabulary, computed once."""
         if class_names not in self._text:

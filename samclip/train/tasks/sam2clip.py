@@ -6,7 +6,7 @@ SAM2CLIP's output and the SAM teacher's embedding of the same frame (OV-SAM eq. 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -50,6 +50,10 @@ class Sam2ClipTask:
 
     def train(self) -> None:
         self.student.train()
+
+    def freeze_without_loss_path(self, streams: Sequence[str]) -> list[str]:
+        """Nothing to freeze: the stage's trainable patterns name only parameters the loss reaches."""
+        return []
 
     def split(self, stream: str, batch: Any, micro_batch_size: int) -> list[Any]:
         return list(
