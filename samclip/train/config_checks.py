@@ -65,8 +65,12 @@ def check_run_values(cfg: DictConfig, streams: Iterable[str]) -> None:
     require_number("logger.log_every", cfg.logger.log_every, minimum=1, integer=True)
     for name in streams:
         data = cfg.data[name]
-        if OmegaConf.is_missing(data, "urls") or not data.get("urls"):
-            raise ValueError(f"data.{name}.urls is not set, but a stage of this run reads the {name} stream")
+        # Shard streams name their shards; the instance stream its annotations json (checked when built).
+        source = "urls" if "urls" in data or "annotations" not in data else "annotations"
+        if OmegaConf.is_missing(data, source) or not data.get(source):
+            raise ValueError(
+                f"data.{name}.{source} is not set, but a stage of this run reads the {name} stream"
+            )
         require_number(
             f"data.{name}.max_skip_fraction",
             data.get("max_skip_fraction"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from samclip.train.config_checks import require_number
+
 HEAD_LOSSES = {"clip_head": "clip", "sam_head": "sam"}
 
 
