@@ -36,6 +36,7 @@ class StageState:
 
     step: int = 0
     counters: LoopCounters = field(default_factory=LoopCounters)
+    best: dict[str, Any] | None = None  # the kept best validation record (metric, mode, step, value)
 
 
 class Checkpointer:
@@ -123,6 +124,7 @@ def training_state(
         "stage": stage,
         "step": loop_state.step,
         "counters": asdict(loop_state.counters),
+        "best": loop_state.best,
         "student": {key: value.detach().cpu() for key, value in student.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -155,4 +157,4 @@ def restore_training_state(
     for name, stream in streams.items():
         stream.load_state_dict(checkpoint["data"][env.rank][name])
     set_rng_state(checkpoint["rng"][env.rank])
-    return StageState(int(checkpoint["step"]), LoopCounters(**checkpoint["counters"]))
+    return StageState(int(checkpoint["step"]), LoopCounters(**checkpoint["counters"]), checkpoint.get("best"))
