@@ -29,6 +29,7 @@ GROUPS = (
     "trainer",
     "checkpoint",
     "logger",
+    "validation",
     "experiment",
 )
 
@@ -59,6 +60,8 @@ def _with_assets(assets: Path) -> list[str]:
     return [
         f"data.clip.urls='{assets}/data/clip/{{00000..00003}}.tar'",
         f"data.sam.urls=[{assets}/data/sam/sa_000000.tar,{assets}/data/sam/sa_000001.tar]",
+        f"data.sam.manifest={assets}/data/sam/train.txt",
+        f"data.sam.val_manifest={assets}/data/sam/val.txt",
         f"teacher.clip.pretrained={assets}/teachers/clip_tiny.pt",
         f"teacher.sam.checkpoint={assets}/teachers/sam_tiny.pth",
         "prepare=null",
@@ -75,7 +78,9 @@ def test_every_group_option_is_listed_and_its_targets_accept_their_keys() -> Non
             for target_node in _target_nodes(node):
                 target = get_method(target_node["_target_"])
                 kwargs = {
-                    k: v for k, v in target_node.items() if not k.startswith("_") and k != "micro_batch_size"
+                    k: v
+                    for k, v in target_node.items()
+                    if not k.startswith("_") and k not in builder._TRAINER_STREAM_KEYS
                 }
                 inspect.signature(target).bind_partial(**kwargs)
     assert found == set(GROUPS)
@@ -129,7 +134,11 @@ def test_configs_compose_and_instantiate_every_stage(
     builder.check_files(cfg, stages)
     for stage in stages:
         model = builder.build_model(cfg, from_sam_checkpoint=stage.previous is None)
-        task = builder.build_task(cfg, stage, model)
+        validator = builder.build_validator(
+            cfg, stage, ENV, run_dir / stage.name, image_size=model.config.image_size, save_best=print
+        )
+        assert validator.metric_names == [f"val/{name}" for name in cfg.validation.stages[stage.name]]
+        task = builder.build_task(cfg, stage, model, validator.teachers)
         assert (task.clip_teacher is not None, task.sam_teacher is not None) == (
             "clip" in stage.streams,
             "sam" in stage.streams,
