@@ -90,6 +90,7 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
                 f"stage.{stage.name}.sam.resolution: {stage.sam.resolution} differs from the model's SAM frame "
                 f"{model.config.image_size} (model {cfg.model.name})"
             )
+    check_validation(cfg, stages)
     for index, stage in enumerate(stages):
         if (
             final_path(run_dir, stage.name).is_file()
@@ -191,6 +192,10 @@ def check_validation(cfg: DictConfig, stages: Sequence[Stage]) -> None:
     validation = cfg.get("validation")
     produced = []
     if validation is not None:
+        if int(validation.every_steps) < 0:
+            raise ValueError(
+                f"validation.every_steps must be >= 0 (0 = only at the end), got {validation.every_steps}"
+            )
         for stage_name in validation.get("stages") or {}:
             if stage_name not in STAGE_NAMES:
                 raise ValueError(

@@ -247,6 +247,33 @@ def _final(path: Path) -> Path:
             "model.sam_checkpoint: /nonexistent/sam.pth does not exist",
         ),
         (["data.clip.micro_batch_size=0"], ValueError, "data.clip.micro_batch_size must be >= 1"),
+        (
+            ["validation.stages.multitask=[clip_cosine,zeroshot]"],
+            ValueError,
+            "validation.stages.multitask: unknown evaluator 'zeroshot'",
+        ),
+        (["validation.every_steps=-1"], ValueError, "validation.every_steps must be >= 0"),
+        (
+            ["checkpoint.keep_best=val/zeroshot_top1"],
+            ValueError,
+            "checkpoint.keep_best: val/zeroshot_top1 is not produced by the validation of any stage",
+        ),
+        (
+            ["stages=[head_probe]", "checkpoint.keep_best=val/sam_iou_to_teacher"],
+            ValueError,
+            "checkpoint.keep_best: val/sam_iou_to_teacher is not produced",
+        ),
+        (
+            ["data.clip.split=all"],
+            ValueError,
+            "validation.evaluators.clip_cosine.data: holds out (fraction, seed) = (0.25, 0) but data.clip "
+            "reads split=all",
+        ),
+        (
+            ["data.sam.manifest=null"],
+            ValueError,
+            "validation.evaluators.sam_iou_to_teacher.data: validation and training read the same SA-1B shards",
+        ),
         (["trainer.precision=fp16"], ValueError, "trainer.precision must be auto, bf16 or fp32, got 'fp16'"),
     ],
 )

@@ -89,7 +89,8 @@ def test_training_state_round_trip_restores_counters_rng_and_streams(tmp_path: P
     optimizer.step()
     scheduler.step()
     next(iter(streams["clip"]))
-    state = StageState(step=5, counters=LoopCounters(skipped_steps=2, consecutive_nonfinite=1))
+    best = {"metric": "val/sam_iou_to_teacher", "mode": "max", "step": 4, "value": 0.9}
+    state = StageState(step=5, counters=LoopCounters(skipped_steps=2, consecutive_nonfinite=1), best=best)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     saved = training_state(
         student, optimizer, scheduler, streams, state, stage="multitask", env=env, extra={}
