@@ -128,6 +128,7 @@ def _train_cmd(run_dir: Path, *overrides: str) -> list[str]:
         "stage.multitask.stop_step=4",
         "checkpoint.every_steps=1",
         "checkpoint.keep_last=3",
+        "validation.every_steps=2",  # validations (and a kept best.pt) before and after the kill
         *overrides,
     ]
 
@@ -164,3 +165,12 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_and_matches(tmp_path: Pa
     _assert_same_tensors(a["model"], b["model"], "model")
     straight_metrics = _without_timing(read_metrics(straight / "multitask" / "metrics.jsonl"))
     assert _without_timing(read_metrics(killed / "multitask" / "metrics.jsonl")) == straight_metrics
+    assert [m["step"] for m in straight_metrics if "val/sam_iou_to_teacher" in m] == [2, 4]
+    assert (killed / "multitask" / "best.json").read_text() == (
+        straight / "multitask" / "best.json"
+    ).read_text()
+    _assert_same_tensors(
+        torch.load(straight / "multitask" / "best.pt")["model"],
+        torch.load(killed / "multitask" / "best.pt")["model"],
+        "best",
+    )
