@@ -208,7 +208,8 @@ def check_validation(cfg: DictConfig, stages: Sequence[Stage]) -> None:
                         f"validation.stages.{stage.name}: unknown evaluator {name!r}; "
                         f"available: {list(validation.get('evaluators') or {})}"
                     )
-                _check_held_out(cfg, name, validation.evaluators[name].data)
+                if validation.evaluators[name].get("data") is not None:
+                    _check_held_out(cfg, name, validation.evaluators[name].data)
                 produced.append(f"{PREFIX}{name}")
     check_keep_best(cfg.checkpoint.get("keep_best"), produced)
 
@@ -262,6 +263,9 @@ def build_validator(
     evaluators = {}
     for name in names:
         node = cfg.validation.evaluators[name]
+        if node.get("data") is None:  # the evaluator reads its own files (zeroshot_top1's ImageFolder)
+            evaluators[name] = instantiate(node, rank=env.rank, world_size=env.world_size)
+            continue
         num_batches = int(node.num_batches)
         data = OmegaConf.to_container(node.data, resolve=True)
         extras: dict[str, Any] = {

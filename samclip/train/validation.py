@@ -24,8 +24,14 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
 
 from samclip.data.batches import ClipBatch, SamBatch
+from samclip.eval.datasets.classification import read_classnames
+from samclip.eval.metrics import topk_correct
+from samclip.eval.transforms import classification_transform
+from samclip.eval.zeroshot import OPENAI_TEMPLATES, build_text_classifier
 from samclip.train.checkpoint import rng_state, set_rng_state
 from samclip.train.distributed import DistEnv, all_reduce_sum, barrier
 from samclip.train.tasks.sam_clip import SamClipTask
@@ -120,6 +126,47 @@ class SamIouToTeacher:
                 total += float(ious.sum())
                 count += ious.numel()
         return {"sam_iou_to_teacher": (total, count)}
+
+
+class ZeroshotTop1:
+    """``val/zeroshot_top1``: zero-shot top-1 (%) of the student's CLIP head on a small labelled ImageFolder
+    (as open_clip's in-loop ImageNet eval), classes embedded by the CLIP teacher's text encoder (the
+    merged model's) with ``templates`` (OpenAI's 80 by default). Rank r takes images r, r + W, ...
+    """
+
+    teachers = ("clip",)
+
+    def __init__(
+        self,
+        root: str,
+        resolution: int = 224,
+        batch_size: int = 64,
+        classnames: str | Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+        max_images: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"validation: zeroshot_top1 root {root} does not exist")
+        self.dataset = ImageFolder(str(root), transform=classification_transform(resolution))
+        self.classnames = read_classnames(classnames, self.dataset.classes)
+        self.indices = list(range(len(self.dataset))[:max_images][rank::world_size])
+        self.templates = tuple(templates) if templates else OPENAI_TEMPLATES
+        self.batch_size = batch_size
+        self._classifier: torch.Tensor | None = None  # the teacher is frozen: embed the classes once
+
+    def local_sums(self, task: SamClipTask, device: torch.device) -> dict[str, tuple[float, float]]:
+        if self._classifier is None:
+            teacher = task.clip_teacher
+            self._classifier = build_text_classifier(
+                teacher.model, teacher.tokenizer, self.classnames, self.templates, device
+            ).float()
+        hits = 0
+        for images, labels in DataLoader(Subset(self.dataset, self.indices), batch_size=self.batch_size):
+            embeds = task.student.encode_image(images.to(device), normalize=True).float()
+            hits += topk_correct(embeds @ self._classifier, labels.to(device), (1,))[1]
+        return {"zeroshot_top1": (100.0 * hits, len(self.indices))}
 
 
 @dataclass

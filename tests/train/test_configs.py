@@ -360,3 +360,27 @@ def _literal(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_zeroshot_top1_composes_for_a_stage_that_lists_it(tmp_path: Path, assets: Path) -> None:
+    from PIL import Image
+
+    from samclip.train.validation import ZeroshotTop1
+
+    for name in ("cat", "dog"):
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "folder" / name / "0.png")
+    cfg = _compose(
+        tmp_path,
+        *_with_assets(assets),
+        "validation.stages.res_adapt=[zeroshot_top1]",
+        f"validation.evaluators.zeroshot_top1.root={tmp_path / 'folder'}",
+        "validation.evaluators.zeroshot_top1.resolution=64",
+    )
+    stages = builder.plan_run(cfg, ENV, Path(cfg.run_dir))
+    validator = builder.build_validator(
+        cfg, stages[2], ENV, tmp_path / "res_adapt", image_size=256, save_best=print
+    )
+    (evaluator,) = validator.evaluators.values()
+    assert isinstance(evaluator, ZeroshotTop1) and evaluator.classnames == ["cat", "dog"]
+    assert validator.teachers == ("clip",)

@@ -13,21 +13,32 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from PIL import Image
 from torch import nn
 from train_fakes import held_out_evaluators, single_process_env, tiny_task, train_tiny
 
 from samclip.data.batches import ClipBatch, SamBatch
+from samclip.eval.zeroshot_cls import evaluate_zeroshot_cls
 from samclip.models import SamPrompts, create_model
 from samclip.models.final_checkpoint import load_final_checkpoint
-from samclip.models.teachers import SamTeacher
+from samclip.models.teachers import ClipTeacher, SamTeacher
 from samclip.train import runner
 from samclip.train.checkpoint import load_training_checkpoint
 from samclip.train.runner import CONFIG_DIR
 from samclip.train.tracking import read_metrics
-from samclip.train.validation import BestCheckpoint, ClipCosine, SamIouToTeacher, Validator, mask_iou
+from samclip.train.validation import (
+    BestCheckpoint,
+    ClipCosine,
+    SamIouToTeacher,
+    Validator,
+    ZeroshotTop1,
+    mask_iou,
+)
 
 HERE = Path(__file__).parent
 TIMING_KEYS = ("images_per_s/clip", "images_per_s/sam")
@@ -329,3 +340,92 @@ def test_smoke_multitask_validates_on_held_out_samples_training_never_reads(
     assert (record["step"], record["value"]) == (best["step"], best["val/sam_iou_to_teacher"])
     assert load_final_checkpoint(run_dir / "multitask" / "best.pt").step == best["step"]
     assert not (run_dir / "head_probe" / "best.pt").exists()  # head_probe does not produce the metric
+
+
+class TeacherAsStudent(nn.Module):
+    """A student whose CLIP head is the teacher's image tower (the CLIP side of student == teacher)."""
+
+    def __init__(self, teacher: ClipTeacher) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.teacher.encode_image(images, normalize=normalize)
+
+
+def test_zeroshot_top1_of_a_student_equal_to_the_teacher_is_the_eval_tasks_teacher_top1(
+    tmp_path: Path,
+) -> None:
+    """Against samclip-eval's own zero-shot task on the teacher: same images, templates, classifier."""
+    rng = np.random.default_rng(0)
+    for name, colour in (
+        ("red_square", (220, 30, 30)),
+        ("green_square", (30, 200, 30)),
+        ("blue_sky", (40, 60, 230)),
+    ):
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        for index in range(4):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (48, 56, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "folder" / name / f"{index}.png")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("samclip-tiny-clip").state_dict(), tmp_path / "clip.pt")
+    teacher = ClipTeacher("samclip-tiny-clip", str(tmp_path / "clip.pt"))
+    reference = evaluate_zeroshot_cls(
+        None,
+        tmp_path,
+        layout="imagefolder",
+        root=str(tmp_path / "folder"),
+        encoder="teacher",
+        teacher_model="samclip-tiny-clip",
+        teacher_pretrained=str(tmp_path / "clip.pt"),
+        num_workers=0,
+    )
+    task = SimpleNamespace(student=TeacherAsStudent(teacher), clip_teacher=teacher)
+    env = single_process_env()
+    single = ZeroshotTop1(str(tmp_path / "folder"), resolution=teacher.image_size, batch_size=5)
+    top1 = Validator({"zeroshot_top1": single}, every_steps=1).run(task, env).metrics["val/zeroshot_top1"]
+    assert top1 == pytest.approx(reference[f"top1@{teacher.image_size}"], abs=1e-9)
+    # Rank shares: images r, r + 2, ... of the 12, together all of them once.
+    shares = [ZeroshotTop1(str(tmp_path / "folder"), resolution=64, rank=r, world_size=2) for r in (0, 1)]
+    assert sorted(shares[0].indices + shares[1].indices) == list(range(12))
+    sums = [share.local_sums(task, torch.device("cpu"))["zeroshot_top1"] for share in shares]
+    assert sum(s[0] for s in sums) / sum(s[1] for s in sums) == pytest.approx(top1, abs=1e-9)
+
+
+class ColourWords(nn.Module):
+    """Text 'model' + tokenizer: a prompt's embedding is the one-hot of the colour word it names."""
+
+    words = ("blue", "green", "red")
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return torch.tensor([next(i for i, w in enumerate(self.words) if w in t) for t in texts])
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return F.one_hot(tokens, 3).float()
+
+
+class DominantChannel(nn.Module):
+    """An image 'student': the one-hot of its strongest mean channel, in (blue, green, red) order."""
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return F.one_hot(images.mean(dim=(2, 3)).flip(1).argmax(1), 3).float()
+
+
+def test_zeroshot_top1_is_the_hand_counted_accuracy(tmp_path: Path) -> None:
+    colours = {"blue": (0, 0, 200), "green": (0, 200, 0), "red": (200, 0, 0)}
+    for folder, drawn in (
+        ("blue", "blue"),
+        ("blue", "blue"),
+        ("green", "green"),
+        ("red", "red"),
+        ("red", "green"),
+    ):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        index = len(list((tmp_path / folder).iterdir()))
+        Image.new("RGB", (40, 30), colours[drawn]).save(tmp_path / folder / f"{index}.png")
+    text = ColourWords()
+    teacher = SimpleNamespace(model=text, tokenizer=text.tokenize)
+    task = SimpleNamespace(student=DominantChannel(), clip_teacher=teacher)
+    evaluator = ZeroshotTop1(str(tmp_path), resolution=16, templates=["a photo of {}.", "{} things"])
+    top1 = Validator({"zeroshot_top1": evaluator}, every_steps=1).run(task, single_process_env()).metrics
+    assert top1 == {"val/zeroshot_top1": pytest.approx(100.0 * 4 / 5)}  # the green image filed as red misses
