@@ -58,16 +58,37 @@ def _restarted(data: Any) -> Iterable[Any]:
     return data
 
 
+class TeacherCache:
+    """Teacher outputs per held-out batch, computed once: the teacher is frozen and every validation sees
+    the same batches (checked by the batch's sample keys; batches without keys are never cached)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.entries: dict[int, tuple[list[str], torch.Tensor]] = {}
+
+    def get(self, index: int, keys: Sequence[str], device: torch.device) -> torch.Tensor | None:
+        cached = self.entries.get(index)
+        if cached is None or cached[0] != list(keys):
+            return None
+        return cached[1].to(device)
+
+    def put(self, index: int, keys: Sequence[str], value: torch.Tensor) -> torch.Tensor:
+        if self.enabled and keys:
+            self.entries[index] = (list(keys), value.cpu())
+        return value
+
+
 class ClipCosine:
     """``val/clip_cosine``: mean over held-out D_CLIP images of cos(student embedding, CLIP teacher's)."""
 
     teachers = ("clip",)
 
-    def __init__(self, data: Iterable[ClipBatch], num_batches: int) -> None:
+    def __init__(self, data: Iterable[ClipBatch], num_batches: int, cache_teacher: bool = True) -> None:
         if num_batches < 1:
             raise ValueError(f"validation: clip_cosine num_batches must be >= 1, got {num_batches}")
         self.data = data
         self.num_batches = num_batches
+        self.cache = TeacherCache(cache_teacher)
 
     def local_sums(self, task: SamClipTask, device: torch.device) -> dict[str, tuple[float, float]]:
         total, count = 0.0, 0
@@ -75,7 +96,9 @@ class ClipCosine:
             if index == self.num_batches:
                 break
             images = batch.images.to(device)
-            target = task.clip_teacher.encode_image(images)
+            target = self.cache.get(index, batch.keys, device)
+            if target is None:
+                target = self.cache.put(index, batch.keys, task.clip_teacher.encode_image(images))
             embeds = task.student(images, None, clip=True).clip.image_embeds
             total += float(F.cosine_similarity(embeds.double(), target.double(), dim=-1).sum())
             count += images.shape[0]
@@ -99,11 +122,12 @@ class SamIouToTeacher:
 
     teachers = ("sam",)
 
-    def __init__(self, data: Iterable[SamBatch], num_batches: int) -> None:
+    def __init__(self, data: Iterable[SamBatch], num_batches: int, cache_teacher: bool = True) -> None:
         if num_batches < 1:
             raise ValueError(f"validation: sam_iou_to_teacher num_batches must be >= 1, got {num_batches}")
         self.data = data
         self.num_batches = num_batches
+        self.cache = TeacherCache(cache_teacher)  # the teacher's masks, as booleans
 
     def local_sums(self, task: SamClipTask, device: torch.device) -> dict[str, tuple[float, float]]:
         total, count = 0.0, 0
@@ -111,8 +135,11 @@ class SamIouToTeacher:
             if index == self.num_batches:
                 break
             batch = batch.to(device)
-            teacher = task.sam_teacher(batch.images, batch.prompts, multimask=False).low_res_logits
-            student = task.student(batch.images, list(batch.prompts), clip=False).sam.low_res_logits
+            teacher = self.cache.get(index, batch.keys, device)
+            if teacher is None:
+                logits = task.sam_teacher(batch.images, batch.prompts, multimask=False).low_res_logits
+                teacher = self.cache.put(index, batch.keys, logits > 0)
+            student = task.student(batch.images, list(batch.prompts), clip=False).sam.low_res_logits > 0
             frame = batch.images.shape[-1]
             offset = 0
             for group in batch.prompts:
@@ -122,7 +149,7 @@ class SamIouToTeacher:
                 height, width = (
                     math.ceil(int(s) * side / frame) for s in batch.input_sizes[group.image_index]
                 )
-                ious = mask_iou(student[rows, :, :height, :width] > 0, teacher[rows, :, :height, :width] > 0)
+                ious = mask_iou(student[rows, :, :height, :width], teacher[rows, :, :height, :width])
                 total += float(ious.sum())
                 count += ious.numel()
         return {"sam_iou_to_teacher": (total, count)}

@@ -429,3 +429,49 @@ def test_zeroshot_top1_is_the_hand_counted_accuracy(tmp_path: Path) -> None:
     evaluator = ZeroshotTop1(str(tmp_path), resolution=16, templates=["a photo of {}.", "{} things"])
     top1 = Validator({"zeroshot_top1": evaluator}, every_steps=1).run(task, single_process_env()).metrics
     assert top1 == {"val/zeroshot_top1": pytest.approx(100.0 * 4 / 5)}  # the green image filed as red misses
+
+
+class Counting(nn.Module):
+    """Counts the calls into a teacher's image side."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        super().__init__()
+        self.teacher, self.calls = teacher, 0
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.teacher.encode_image(images)
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        return self.teacher(*args, **kwargs)
+
+
+def test_teacher_outputs_are_computed_once_per_held_out_batch_and_recomputed_for_other_samples() -> None:
+    task = tiny_task(seed=0)
+    env = single_process_env()
+    clip, sam = (
+        _keyed(held_out_evaluators(env)["clip_cosine"].data),
+        _keyed(held_out_evaluators(env)["sam_iou_to_teacher"].data),
+    )
+    counted = SimpleNamespace(
+        student=task.student, clip_teacher=Counting(task.clip_teacher), sam_teacher=Counting(task.sam_teacher)
+    )
+    validator = Validator(
+        {"clip_cosine": ClipCosine(clip, 2), "sam_iou_to_teacher": SamIouToTeacher(sam, 2)}, 1
+    )
+    first = validator.run(counted, env).metrics
+    assert (counted.clip_teacher.calls, counted.sam_teacher.calls) == (2, 2)
+    assert validator.run(counted, env).metrics == first
+    assert (counted.clip_teacher.calls, counted.sam_teacher.calls) == (2, 2)  # from the cache
+    uncached = Validator(held_out_evaluators(env), 1).run(task, env).metrics
+    assert uncached == pytest.approx(first, abs=1e-12)
+    clip[0].keys = ["another", "sample"]
+    validator.run(counted, env)
+    assert counted.clip_teacher.calls == 3
+
+
+def _keyed(batches: list) -> list:
+    for step, batch in enumerate(batches):
+        batch.keys = [f"{step}:{i}" for i in range(batch.images.shape[0])]
+    return batches
