@@ -40,7 +40,8 @@ def test_metrics_lines_and_truncation_on_resume(tmp_path: Path) -> None:
 
 def test_validation_lines_are_their_own_and_their_time_is_not_throughput(tmp_path: Path) -> None:
     class Recorder:
-        logged: list = []
+        def __init__(self) -> None:
+            self.logged: list = []
 
         def log(self, metrics: dict, step: int) -> None:
             self.logged.append((step, metrics))
