@@ -178,6 +178,11 @@ class ZeroshotTop1:
             raise FileNotFoundError(f"validation: zeroshot_top1 root {root} does not exist")
         self.dataset = ImageFolder(str(root), transform=classification_transform(resolution))
         self.classnames = read_classnames(classnames, self.dataset.classes)
+        if len(self.classnames) != len(self.dataset.classes):
+            raise ValueError(
+                f"validation: zeroshot_top1 has {len(self.classnames)} classnames but {root} has "
+                f"{len(self.dataset.classes)} class folders"
+            )
         self.indices = list(range(len(self.dataset))[:max_images][rank::world_size])
         self.templates = tuple(templates) if templates else OPENAI_TEMPLATES
         self.batch_size = batch_size
