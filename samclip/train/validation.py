@@ -44,11 +44,11 @@ MODES = ("max", "min")
 
 
 class Evaluator(Protocol):
-    """Per-rank (sum, count) of each metric it reports, over its held-out data."""
+    """This rank's (sum, count) of one metric over its held-out data; logged as ``val/<its config name>``."""
 
     teachers: tuple[str, ...]  # which of the task's teachers it needs ("clip", "sam")
 
-    def local_sums(self, task: SamClipTask, device: torch.device) -> dict[str, tuple[float, float]]: ...
+    def local_sums(self, task: SamClipTask, device: torch.device) -> tuple[float, float]: ...
 
 
 def _restarted(data: Any) -> Iterable[Any]:
@@ -90,7 +90,7 @@ class ClipCosine:
         self.num_batches = num_batches
         self.cache = TeacherCache(cache_teacher)
 
-    def local_sums(self, task: SamClipTask, device: torch.device) -> dict[str, tuple[float, float]]:
+    def local_sums(self, task: SamClipTask, device: torch.device) -> tuple[float, float]:
         total, count = 0.0, 0
         for index, batch in enumerate(_restarted(self.data)):
             if index == self.num_batches:
@@ -102,7 +102,7 @@ class ClipCosine:
             embeds = task.student(images, None, clip=True).clip.image_embeds
             total += float(F.cosine_similarity(embeds.double(), target.double(), dim=-1).sum())
             count += images.shape[0]
-        return {"clip_cosine": (total, count)}
+        return total, count
 
 
 def mask_iou(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -129,7 +129,7 @@ class SamIouToTeacher:
         self.num_batches = num_batches
         self.cache = TeacherCache(cache_teacher)  # the teacher's masks, as booleans
 
-    def local_sums(self, task: SamClipTask, device: torch.device) -> dict[str, tuple[float, float]]:
+    def local_sums(self, task: SamClipTask, device: torch.device) -> tuple[float, float]:
         total, count = 0.0, 0
         for index, batch in enumerate(_restarted(self.data)):
             if index == self.num_batches:
@@ -152,7 +152,7 @@ class SamIouToTeacher:
                 ious = mask_iou(student[rows, :, :height, :width], teacher[rows, :, :height, :width])
                 total += float(ious.sum())
                 count += ious.numel()
-        return {"sam_iou_to_teacher": (total, count)}
+        return total, count
 
 
 class ZeroshotTop1:
@@ -188,7 +188,7 @@ class ZeroshotTop1:
         self.batch_size = batch_size
         self._classifier: torch.Tensor | None = None  # the teacher is frozen: embed the classes once
 
-    def local_sums(self, task: SamClipTask, device: torch.device) -> dict[str, tuple[float, float]]:
+    def local_sums(self, task: SamClipTask, device: torch.device) -> tuple[float, float]:
         if self._classifier is None:
             teacher = task.clip_teacher
             self._classifier = build_text_classifier(
@@ -198,7 +198,7 @@ class ZeroshotTop1:
         for images, labels in DataLoader(Subset(self.dataset, self.indices), batch_size=self.batch_size):
             embeds = task.student.encode_image(images.to(device), normalize=True).float()
             hits += topk_correct(embeds @ self._classifier, labels.to(device), (1,))[1]
-        return {"zeroshot_top1": (100.0 * hits, len(self.indices))}
+        return 100.0 * hits, len(self.indices)
 
 
 @dataclass
@@ -283,18 +283,16 @@ class Validator:
         saved_rng = rng_state()
         was_training = task.student.training
         task.student.eval()
-        names, sums = [], []
         try:
             with torch.no_grad(), _autocast(env.device, self.autocast_dtype):
-                for evaluator in self.evaluators.values():
-                    for name, (total, count) in evaluator.local_sums(task, env.device).items():
-                        names.append(f"{PREFIX}{name}")
-                        sums.append((total, count))
+                sums = [evaluator.local_sums(task, env.device) for evaluator in self.evaluators.values()]
         finally:
             task.student.train(was_training)
             set_rng_state(saved_rng)
         totals = all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=env.device), env).tolist()
-        metrics = {name: (t / c if c else math.nan) for name, (t, c) in zip(names, totals, strict=True)}
+        metrics = {
+            name: (t / c if c else math.nan) for name, (t, c) in zip(self.metric_names, totals, strict=True)
+        }
         return ValidationResult(metrics, time.perf_counter() - start)
 
     def validate(

@@ -83,6 +83,12 @@ def test_clip_cosine_is_one_for_the_teacher_itself_and_the_hand_value_otherwise(
     # cos = 1 and 1/sqrt(2) for the two images of each batch.
     expected = (1 + 1 / math.sqrt(2)) / 2
     assert validator.run(other, env).metrics["val/clip_cosine"] == pytest.approx(expected, abs=1e-12)
+    # A metric is named by its config entry, so one evaluator can run twice (e.g. at two resolutions).
+    twice = Validator({"cos_a": ClipCosine(_clip_batches(), 2), "cos_b": ClipCosine(_clip_batches(1), 1)}, 1)
+    assert twice.run(other, env).metrics == {
+        "val/cos_a": pytest.approx(expected, abs=1e-12),
+        "val/cos_b": pytest.approx(expected, abs=1e-12),
+    }
 
 
 def _sam_batch() -> SamBatch:
@@ -143,10 +149,10 @@ class _RandomDraws:
 
     teachers = ()
 
-    def local_sums(self, task: object, device: torch.device) -> dict[str, tuple[float, float]]:
+    def local_sums(self, task: object, device: torch.device) -> tuple[float, float]:
         assert not task.student.training, "evaluators run the student in eval mode"
         random.random(), np.random.rand(), torch.rand(3)
-        return {"draws": (1.0, 1.0)}
+        return 1.0, 1.0
 
 
 def test_validation_restores_the_rng_streams_and_train_mode() -> None:
@@ -388,7 +394,7 @@ def test_zeroshot_top1_of_a_student_equal_to_the_teacher_is_the_eval_tasks_teach
     # Rank shares: images r, r + 2, ... of the 12, together all of them once.
     shares = [ZeroshotTop1(str(tmp_path / "folder"), resolution=64, rank=r, world_size=2) for r in (0, 1)]
     assert sorted(shares[0].indices + shares[1].indices) == list(range(12))
-    sums = [share.local_sums(task, torch.device("cpu"))["zeroshot_top1"] for share in shares]
+    sums = [share.local_sums(task, torch.device("cpu")) for share in shares]
     assert sum(s[0] for s in sums) / sum(s[1] for s in sums) == pytest.approx(top1, abs=1e-9)
 
 
