@@ -70,7 +70,8 @@ def test_smoke_runs_all_three_stages(smoke_run: Path) -> None:
         has_sam = stage == "multitask"
         assert all((m["loss_sam"] is not None) == has_sam for m in metrics)
         with Image.open(smoke_run / stage / "curves.png") as curves:  # the curves, drawn for people
-            assert curves.format == "PNG" and curves.width > 3 * curves.height
+            # Four panels a row; the val/ panels of the default validation make a second row.
+            assert curves.format == "PNG" and curves.width > 2 * curves.height
     # Head probing learns: the CLIP head moves toward the teacher over its 12 steps.
     head_probe_metrics = [m for m in read_metrics(smoke_run / "head_probe" / "metrics.jsonl") if "loss" in m]
     assert head_probe_metrics[-1]["loss_clip"] < 0.8 * head_probe_metrics[0]["loss_clip"]
