@@ -36,11 +36,13 @@ __all__ = [
 ]
 
 
-def load(path: str | Path) -> MergedSamClip:
+def load(path: str | Path, *, allow_hub: bool = False) -> MergedSamClip:
     """The merged model (image encoder, both heads, CLIP text tower) from a stage's ``final.pt`` or an export.
+
+    An export's ``config.json`` is validated first; a text model on a hub is fetched only with ``allow_hub``.
 
     Imported on call: open_clip's import alone takes seconds, and ``import samclip`` should not pay it.
     """
     from samclip.inference import load as load_merged
 
-    return load_merged(path)
+    return load_merged(path, allow_hub=allow_hub)

@@ -22,6 +22,7 @@ import torch
 from samclip.cli_errors import pop_debug_flag, user_errors
 from samclip.inference import MergedSamClip, TextEncoder
 from samclip.models import MODEL_CONFIGS, SamClipModel, create_model
+from samclip.models.checkpoint_files import read_torch_file
 from samclip.models.config import SAM_REGISTRY_NAMES
 from samclip.models.final_checkpoint import ClipTeacherSpec, atomic_torch_save, load_final_checkpoint
 from samclip.models.sam_checkpoint import to_official_state_dict, validate_sam_state_dict
@@ -79,7 +80,7 @@ def load_student(
             teacher = ClipTeacherSpec(clip_model, clip_pretrained)
         return final.build_model(), teacher
     model = create_model(model_name)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, "checkpoint")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     mismatch = state_dict_mismatch(model.state_dict(), state)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import open_clip
 import torch
 from PIL import Image
 from safetensors.torch import load_model, save_model
@@ -27,10 +28,11 @@ from samclip.eval.zeroshot import (
     segment_with_clip_head,
 )
 from samclip.models import SamClipConfig, SamClipModel, Segmentation, create_model_from_config
+from samclip.models.config import MODEL_CONFIGS
 from samclip.models.final_checkpoint import ClipTeacherSpec, load_final_checkpoint
 
 # Importing teachers also registers samclip's small open_clip configs.
-from samclip.models.teachers import create_open_clip, is_checkpoint_path, open_clip_tokenizer
+from samclip.models.teachers import create_open_clip, open_clip_tokenizer
 
 EXPORT_FORMAT = "samclip-merged"
 EXPORT_VERSION = 1
@@ -51,8 +53,6 @@ class TextEncoder(nn.Module):
     @classmethod
     def from_open_clip(cls, model_name: str, pretrained: str | None = None) -> TextEncoder:
         """``pretrained`` is an open_clip tag or a checkpoint file (as the CLIP teacher's spec records)."""
-        if is_checkpoint_path(pretrained) and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist")
         return cls(create_open_clip(model_name, pretrained), model_name)
 
     @property
@@ -172,9 +172,11 @@ class MergedSamClip(nn.Module):
         num_points: int = 3,
         background_index: int | None = None,
         seed: int = 0,
+        composed_protocol: str = "paper",
     ) -> SemanticPrediction:
         """Zero-shot semantic segmentation: ``mode="clip"`` (CLIP head at ``resolution``) or ``"composed"``
-        (CLIP head prompts the SAM head in SAM's frame; see ``segment_with_both_heads``)."""
+        (CLIP head prompts the SAM head in SAM's frame; ``composed_protocol`` ``paper`` = appendix C or
+        ``weighted``, see ``segment_with_both_heads``)."""
         array = to_uint8_array(image)
         classifier = self.text_classifier(labels)
         if mode == "clip":
@@ -189,6 +191,7 @@ class MergedSamClip(nn.Module):
                 num_points=num_points,
                 background_index=background_index,
                 generator=torch.Generator().manual_seed(seed),
+                protocol=composed_protocol,
             )
         raise ValueError(f"unknown semantic segmentation mode {mode!r}; use 'clip' or 'composed'")
 
@@ -219,11 +222,15 @@ class MergedSamClip(nn.Module):
         return directory
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> MergedSamClip:
-    """The merged model from a stage's ``final.pt`` or a ``samclip-export --format samclip`` directory."""
+def load(path: str | Path, device: str | torch.device = "cpu", *, allow_hub: bool = False) -> MergedSamClip:
+    """The merged model from a stage's ``final.pt`` or a ``samclip-export --format samclip`` directory.
+
+    A directory's ``config.json`` is validated before anything is built; a ``text_model`` naming a hub
+    location (``hf-hub:...``) is fetched only with ``allow_hub=True``.
+    """
     path = Path(path)
     if path.is_dir():
-        merged = _load_exported(path)
+        merged = _load_exported(path, allow_hub)
     elif path.is_file():
         final = load_final_checkpoint(path)
         text = TextEncoder.from_open_clip(final.clip_teacher.model_name, final.clip_teacher.pretrained)
@@ -235,14 +242,16 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> MergedSamClip:
     return merged.to(device).eval()
 
 
-def _load_exported(directory: Path) -> MergedSamClip:
+def _load_exported(directory: Path, allow_hub: bool) -> MergedSamClip:
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for required in (config_path, weights_path):
         if not required.is_file():
             raise FileNotFoundError(f"{required} is missing: {directory} is not a samclip export")
-    config: dict[str, Any] = json.loads(config_path.read_text())
-    if config.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{config_path} has format {config.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    try:
+        config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{config_path} is not valid JSON: {error}") from error
+    validate_export_config(config, config_path, allow_hub=allow_hub)
     teacher = config.get("clip_teacher")
     merged = MergedSamClip(
         create_model_from_config(config["model_config"]),
@@ -251,6 +260,74 @@ def _load_exported(directory: Path) -> MergedSamClip:
     )
     load_model(merged, str(weights_path), strict=True)
     return merged
+
+
+def validate_export_config(config: Any, config_path: Path, *, allow_hub: bool = False) -> None:
+    """An untrusted ``config.json``: known keys, model sizes within the published shapes, no silent fetch."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} is not a JSON object")
+    unknown = sorted(set(config) - _EXPORT_KEYS)
+    if unknown:
+        raise ValueError(f"{config_path}: unknown keys {unknown}; known keys: {sorted(_EXPORT_KEYS)}")
+    if config.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{config_path} has format {config.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    model_config = config.get("model_config")
+    if not isinstance(model_config, dict):
+        raise ValueError(f"{config_path}: model_config must be an object")
+    for key, value in model_config.items():
+        limit = _SIZE_LIMITS.get(key)
+        if limit is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if value is None and key == "clip_mlp_hidden_dim":
+            continue
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= limit for v in values
+        ):
+            raise ValueError(
+                f"{config_path}: model_config.{key}={value!r} is outside the published SAM-CLIP shapes "
+                f"(a number in [0, {limit}])"
+            )
+    try:
+        SamClipConfig.from_dict(model_config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{config_path}: model_config: {error}") from error
+    for key in ("text_model", "tokenizer"):
+        name = config.get(key)
+        if not isinstance(name, str):
+            raise ValueError(f"{config_path}: {key} must be an open_clip model name, got {name!r}")
+        if ":" in name and not allow_hub:
+            raise ValueError(
+                f"{config_path}: {key}={name!r} names a hub location; it is fetched only with "
+                "samclip.load(..., allow_hub=True)"
+            )
+        if ":" not in name and name not in open_clip.list_models():
+            raise ValueError(f"{config_path}: {key}={name!r} is not an open_clip model name")
+    teacher = config.get("clip_teacher")
+    if teacher is not None and (
+        not isinstance(teacher, dict) or set(teacher) != {"model_name", "pretrained"}
+    ):
+        raise ValueError(
+            f"{config_path}: clip_teacher must be null or {{model_name, pretrained}}, got {teacher!r}"
+        )
+
+
+def _published_limits() -> dict[str, float]:
+    """The largest value of each numeric model field over the published sizes (CLIP widths up to 1280)."""
+    limits: dict[str, float] = {}
+    for config in MODEL_CONFIGS.values():
+        for key, value in config.to_dict().items():
+            values = value if isinstance(value, list) else [value]
+            numbers = [v for v in values if isinstance(v, (int, float))]
+            if numbers:
+                limits[key] = max(limits.get(key, 0), *numbers)
+    for key in ("clip_embed_dim", "clip_mlp_hidden_dim"):
+        limits[key] = max(limits.get(key, 0), 1280)
+    return limits
+
+
+_EXPORT_KEYS = {"format", "version", "model_config", "text_model", "tokenizer", "clip_teacher"}
+_SIZE_LIMITS = _published_limits()
 
 
 def _to_pil(image: ImageLike) -> Image.Image:

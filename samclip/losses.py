@@ -48,6 +48,16 @@ class MaskLoss(NamedTuple):
     total: torch.Tensor
     focal: torch.Tensor
     dice: torch.Tensor
+    iou: torch.Tensor | None = None  # MSE of the IoU predictions, when they are distilled
+
+
+def iou_distillation_loss(student_iou: torch.Tensor, teacher_iou: torch.Tensor) -> torch.Tensor:
+    """Mean over masks of the squared error between predicted IoUs (EdgeSAM's score distillation)."""
+    if student_iou.shape != teacher_iou.shape:
+        raise ValueError(
+            f"student IoU predictions {tuple(student_iou.shape)} and teacher {tuple(teacher_iou.shape)} differ"
+        )
+    return F.mse_loss(student_iou.float(), teacher_iou.detach().float())
 
 
 def mask_distillation_loss(
@@ -58,10 +68,15 @@ def mask_distillation_loss(
     soft_targets: bool = False,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    student_iou: torch.Tensor | None = None,
+    teacher_iou: torch.Tensor | None = None,
+    iou_weight: float = 1.0,
 ) -> MaskLoss:
     """L_sam (SAM-CLIP eq. 2): SAM's focal + dice at 20:1, against the frozen SAM teacher's masks.
 
-    Hard targets are the teacher's binary masks (logit > 0); soft targets its probabilities.
+    Hard targets are the teacher's binary masks (logit > 0); soft targets its probabilities. Logits may
+    be [M, h, w] or [M, K, h, w] (every output a unit). With IoU predictions given, ``iou_weight`` x their
+    MSE against the teacher's is added.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -71,7 +86,14 @@ def mask_distillation_loss(
     targets = teacher_logits.sigmoid() if soft_targets else (teacher_logits > 0).float()
     focal = focal_loss_per_mask(student_logits, targets, focal_alpha, focal_gamma).mean()
     dice = dice_loss_per_mask(student_logits, targets).mean()
-    return MaskLoss(total=focal_weight * focal + dice_weight * dice, focal=focal, dice=dice)
+    total = focal_weight * focal + dice_weight * dice
+    iou = None
+    if student_iou is not None or teacher_iou is not None:
+        if student_iou is None or teacher_iou is None:
+            raise ValueError("IoU distillation needs both the student's and the teacher's IoU predictions")
+        iou = iou_distillation_loss(student_iou, teacher_iou)
+        total = total + iou_weight * iou
+    return MaskLoss(total=total, focal=focal, dice=dice, iou=iou)
 
 
 class CosineDistillationLoss(nn.Module):
@@ -82,7 +104,7 @@ class CosineDistillationLoss(nn.Module):
 
 
 class MaskDistillationLoss(nn.Module):
-    """L_sam as a module, for configs (weights, hard/soft targets and focal parameters)."""
+    """L_sam as a module, for configs (weights, hard/soft targets, focal parameters, IoU-score weight)."""
 
     def __init__(
         self,
@@ -91,18 +113,29 @@ class MaskDistillationLoss(nn.Module):
         soft_targets: bool = False,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        iou_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        self.iou_weight = iou_weight
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
         self.soft_targets = soft_targets
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> MaskLoss:
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        student_iou: torch.Tensor | None = None,
+        teacher_iou: torch.Tensor | None = None,
+    ) -> MaskLoss:
         return mask_distillation_loss(
             student_logits,
             teacher_logits,
+            student_iou=student_iou,
+            teacher_iou=teacher_iou,
+            iou_weight=self.iou_weight,
             focal_weight=self.focal_weight,
             dice_weight=self.dice_weight,
             soft_targets=self.soft_targets,

@@ -47,9 +47,16 @@ def parse_numbers(text: str, per_item: int, flag: str) -> np.ndarray:
 
 
 def semantic_overlay(
-    model: MergedSamClip, image: np.ndarray, labels: Sequence[str], mode: str, threshold: float
+    model: MergedSamClip,
+    image: np.ndarray,
+    labels: Sequence[str],
+    mode: str,
+    threshold: float,
+    composed_protocol: str = "paper",
 ) -> Image.Image:
-    prediction = model.semantic_segment(image, labels, mode=mode, threshold=threshold)
+    prediction = model.semantic_segment(
+        image, labels, mode=mode, threshold=threshold, composed_protocol=composed_protocol
+    )
     label_map = prediction.label_map.cpu().numpy()
     palette = class_palette(len(labels) + 1)[1:]  # skip black so every label has a visible colour
     canvas = Image.fromarray(overlay(image, colorize(label_map, palette)))
@@ -124,6 +131,12 @@ def predict_cli(argv: Sequence[str]) -> None:
     parser.add_argument("--labels", default=None, help='comma-separated class names, e.g. "dog,horse,person"')
     parser.add_argument("--mode", choices=("clip", "composed"), default="clip")
     parser.add_argument("--threshold", type=float, default=0.5, help="composed mode's point threshold")
+    parser.add_argument(
+        "--composed-protocol",
+        choices=("paper", "weighted"),
+        default="paper",
+        help="composed mode's prompting",
+    )
     parser.add_argument("--points", default=None, help='"x,y[;x,y]" foreground points (one prompt)')
     parser.add_argument("--boxes", default=None, help='"x0,y0,x1,y1[;...]" boxes (one mask each)')
     parser.add_argument(
@@ -157,7 +170,7 @@ def predict_cli(argv: Sequence[str]) -> None:
         if args.everything:
             result = everything_overlay(model, image, labels)
         elif labels is not None:
-            result = semantic_overlay(model, image, labels, args.mode, args.threshold)
+            result = semantic_overlay(model, image, labels, args.mode, args.threshold, args.composed_protocol)
         else:
             result = mask_overlay(model, image, points, boxes)
         assert result.size == (image.shape[1], image.shape[0])

@@ -98,21 +98,29 @@ def get_tokenizer(name_or_path: str | Path) -> Callable[[Sequence[str]], torch.T
 
 
 def from_pretrained(
-    name_or_path: str | Path, device: str | torch.device = "cpu", revision: str | None = None
+    name_or_path: str | Path,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    *,
+    allow_hub: bool = False,
 ) -> MergedSamClip:
-    """A merged model from a local final.pt / export directory, or from a Hub repo holding an export."""
+    """A merged model from a local final.pt / export directory, or from a Hub repo holding an export.
+
+    The export's ``config.json`` is validated before anything is built; a text model it names on a hub
+    (``hf-hub:...``) is fetched only with ``allow_hub=True``.
+    """
     from samclip.inference import load
 
     path = Path(name_or_path)
     if path.exists():
-        return load(path, device=device)
+        return load(path, device=device, allow_hub=allow_hub)
     if str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
         raise FileNotFoundError(
             f"{name_or_path} is neither a local checkpoint/export nor a Hub repo id (owner/name)"
         )
     from huggingface_hub import snapshot_download
 
-    return load(snapshot_download(str(name_or_path), revision=revision), device=device)
+    return load(snapshot_download(str(name_or_path), revision=revision), device=device, allow_hub=allow_hub)
 
 
 def push_to_hub(

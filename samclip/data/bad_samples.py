@@ -39,7 +39,8 @@ class SkipTracker:
     """Counts samples seen and skipped in one worker; logs skips and enforces ``max_skip_fraction``.
 
     The rate is checked over this worker's samples once ``min_samples`` have been seen, so one bad sample
-    early on cannot stop a run.
+    early on cannot stop a run. This worker's view restarts every epoch; the trainer checks the same limit
+    over the whole run, all workers and ranks (:func:`check_skip_rate` on the streams' run-long counts).
     """
 
     def __init__(self, stream_name: str, max_skip_fraction: float, min_samples: int) -> None:
@@ -52,9 +53,11 @@ class SkipTracker:
         self.num_skipped = 0
         self.totals: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
+        self._pending_seen = 0
 
     def seen(self) -> None:
         self.num_seen += 1
+        self._pending_seen += 1
 
     def skip(self, kind: str, shard: str, key: str, detail: str = "") -> None:
         """Count one skipped sample (or one lost shard remainder) and stop the run if the rate is too high."""
@@ -83,7 +86,25 @@ class SkipTracker:
             )
 
     def take_pending(self) -> dict[str, int]:
-        """Counts since the last call: they travel with each batch so only consumed batches are counted."""
+        """Counts since the last call: they travel with each batch so only consumed batches are counted.
+
+        ``"seen"`` is the number of samples read (good or bad) since the last call.
+        """
         pending = dict(self._pending)
+        if self._pending_seen:
+            pending["seen"] = self._pending_seen
         self._pending.clear()
+        self._pending_seen = 0
         return pending
+
+
+def check_skip_rate(
+    stream_name: str, num_seen: int, num_skipped: int, max_skip_fraction: float, min_samples: int
+) -> None:
+    """``SkipRateExceeded`` when ``num_skipped`` of ``num_seen`` (counts over the whole run) is above the limit."""
+    if num_seen >= max(1, min_samples) and num_skipped > max_skip_fraction * num_seen:
+        raise SkipRateExceeded(
+            f"{stream_name}: {num_skipped} of {num_seen} samples skipped over the run, all ranks and workers "
+            f"({num_skipped / num_seen:.1%} > data.{stream_name}.max_skip_fraction={max_skip_fraction:.1%}); "
+            "the log names the shard and key of each bad sample"
+        )

@@ -16,6 +16,7 @@ from samclip.data.images import decode_image, image_bytes, to_tensor
 from samclip.data.resolution import VariableResolutionSchedule
 from samclip.data.shards import count_samples, expand_urls
 from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream, epoch_length
+from samclip.models.preprocess import pad_to_square, resized_longest_side_shape
 
 CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -52,16 +53,26 @@ def clip_train_transform(
     resolution: int,
     rng: np.random.Generator,
     crop_scale: tuple[float, float] = (0.9, 1.0),
+    sam_frame: bool = False,
 ) -> torch.Tensor:
-    """Random resized crop (bicubic, as open_clip) to ``resolution`` and a horizontal flip; [3, R, R] in [0, 1]."""
+    """Random resized crop (bicubic, as open_clip) to ``resolution`` and a horizontal flip; [3, R, R] in [0, 1].
+
+    ``sam_frame``: the crop keeps its aspect instead, framed as SAM frames its input (longest side to
+    ``resolution``, bilinear as ``ResizeLongestSide``; padded bottom/right with ``SAM_PAD_VALUE``), which is
+    what the CLIP head sees in composed inference.
+    """
     left, top, w, h = random_resized_crop_box(image.width, image.height, crop_scale, rng)
     # Crop, then resize (torchvision's resized_crop); PIL's resize(box=...) would also filter pixels outside.
-    image = image.crop((left, top, left + w, top + h)).resize(
-        (resolution, resolution), Image.Resampling.BICUBIC
-    )
+    image = image.crop((left, top, left + w, top + h))
+    if sam_frame:
+        height, width = resized_longest_side_shape(h, w, resolution)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    else:
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return to_tensor(image)
+    pixels = to_tensor(image)
+    return pad_to_square(pixels[None], resolution)[0] if sam_frame else pixels
 
 
 def clip_eval_transform(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -86,12 +97,14 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         weights: np.ndarray,
         train: bool,
         crop_scale: tuple[float, float],
+        sam_frame_resolutions: frozenset[int] = frozenset(),
         holdout: KeyHoldout | None = None,
     ) -> None:
         self.schedule = schedule
         self.weights = weights
         self.train = train
         self.crop_scale = crop_scale
+        self.sam_frame_resolutions = sam_frame_resolutions
         self.holdout = holdout or KeyHoldout()
 
     def keep_key(self, key: str) -> bool:
@@ -101,11 +114,12 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         resolution, batch_size = self.schedule.per_rank_at(global_step)
         images = torch.empty(batch_size, 3, resolution, resolution)
         keys = []
+        sam_frame = resolution in self.sam_frame_resolutions
         for j in range(batch_size):
             source = int(rng.choice(len(self.weights), p=self.weights)) if len(self.weights) > 1 else 0
             key, image = reader.next(source, decode_clip_sample)
             if self.train:
-                images[j] = clip_train_transform(image, resolution, rng, self.crop_scale)
+                images[j] = clip_train_transform(image, resolution, rng, self.crop_scale, sam_frame)
             else:
                 images[j] = clip_eval_transform(image, resolution)
             keys.append(key)
@@ -135,7 +149,11 @@ class ClipStream(ShardedStream[ClipBatch]):
     of such sources mixed per sample with those probabilities. ``base_batch_size`` is the *global* batch at
     ``base_resolution``. An epoch is ``steps_per_epoch`` steps, by default ``num_samples`` (counted from the
     tars if not given) over the mean global batch; resampled mode draws shards with replacement and runs
-    forever unless ``steps_per_epoch``/``num_samples`` set nominal epochs.
+    forever unless ``steps_per_epoch``/``num_samples`` set nominal epochs. ``shuffle_buffer`` > 0 shuffles
+    samples through a buffer of that many per worker and source (0: a batch is consecutive samples of a
+    shard); it mixes across about ``shuffle_buffer / samples_per_shard`` shards, so class-sorted shards
+    need a buffer of several shards. Batches at ``sam_frame_resolutions`` are framed as SAM frames its
+    input (see ``clip_train_transform``), so that a head trained there sees what composed inference feeds it.
     ``split`` = ``train`` / ``held_out`` keeps the samples whose key is outside / inside the held-out
     ``holdout_fraction`` (a keyed hash of the key with ``holdout_seed``; see ``samclip.data.holdout``);
     ``all`` keeps every sample. A counted ``num_samples`` counts only the kept keys.
@@ -163,8 +181,15 @@ class ClipStream(ShardedStream[ClipBatch]):
         max_skip_fraction: float = 0.1,
         skip_rate_min_samples: int = 200,
         prefetch_factor: int = 2,
+        shuffle_buffer: int = 0,
+        sam_frame_resolutions: Sequence[int] = (),
     ) -> None:
         sources, probabilities = _clip_sources(urls, weights)
+        outside = sorted(set(sam_frame_resolutions) - set(resolutions))
+        if outside:
+            raise ValueError(
+                f"sam_frame_resolutions {outside} are not among the resolutions {list(resolutions)}"
+            )
         holdout = KeyHoldout(float(holdout_fraction), int(holdout_seed), split)
         self.schedule = VariableResolutionSchedule(
             resolutions, base_batch_size, base_resolution, seed, world_size
@@ -180,7 +205,14 @@ class ClipStream(ShardedStream[ClipBatch]):
         )
         scale = (float(crop_scale[0]), float(crop_scale[1]))
         super().__init__(
-            ClipBatchBuilder(self.schedule, probabilities, train, scale, holdout),
+            ClipBatchBuilder(
+                self.schedule,
+                probabilities,
+                train,
+                scale,
+                frozenset(int(r) for r in sam_frame_resolutions),
+                holdout,
+            ),
             sources,
             steps_per_epoch=steps_per_epoch,
             seed=seed,
@@ -191,4 +223,5 @@ class ClipStream(ShardedStream[ClipBatch]):
             max_skip_fraction=max_skip_fraction,
             skip_rate_min_samples=skip_rate_min_samples,
             prefetch_factor=prefetch_factor,
+            shuffle_buffer=shuffle_buffer,
         )

@@ -11,6 +11,9 @@ from pycocotools import mask as mask_utils
 
 from samclip.data.bad_samples import BadSample
 
+# What a malformed annotation file raises on its way through json, int() and our checks: RecursionError
+# for deeply nested json, OverflowError for a size of 1e999 (inf) given to int(), the rest for wrong types.
+SAMPLE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError)
 _SA_KEY = re.compile(r"(?:^|/)sa_(\d+)$")
 
 
@@ -54,7 +57,7 @@ def check_rle(segmentation: object, height: int, width: int) -> dict:
     if not isinstance(segmentation, dict) or "size" not in segmentation or "counts" not in segmentation:
         raise BadSample("malformed_rle", f"segmentation is not an RLE dict: {str(segmentation)[:80]}")
     size, counts = segmentation["size"], segmentation["counts"]
-    if list(size) != [height, width]:
+    if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
         raise BadSample("malformed_rle", f"RLE size {size} is not the image's {[height, width]}")
     if not isinstance(counts, (str, bytes)):
         raise BadSample("malformed_rle", "uncompressed RLE counts (SA-1B stores compressed strings)")
@@ -83,8 +86,8 @@ def parse_annotation_file(data: bytes) -> Sa1bRecord:
         record = Sa1bRecord(
             int(image["image_id"]), int(image["height"]), int(image["width"]), doc["annotations"]
         )
-    except (ValueError, KeyError, TypeError) as exn:
-        raise BadSample("malformed_json", f"{type(exn).__name__}: {exn}") from exn
+    except SAMPLE_ERRORS as exn:
+        raise BadSample("malformed_json", f"{type(exn).__name__}: {str(exn)[:200]}") from exn
     if not isinstance(record.annotations, list) or record.height <= 0 or record.width <= 0:
         raise BadSample("malformed_json", "annotations is not a list or the image size is not positive")
     return record

@@ -16,6 +16,7 @@ from samclip.data.manifest import read_manifest
 from samclip.data.prompts_sampling import sample_prompts
 from samclip.data.resolution import per_rank_batch_size
 from samclip.data.sa1b import (
+    SAMPLE_ERRORS,
     annotation_area,
     check_rle,
     decode_masks,
@@ -54,7 +55,20 @@ class SamSampling:
 
 
 def prepare_sa1b_sample(raw: dict, sampling: SamSampling, rng: np.random.Generator) -> SamImage:
-    """Decode, sample up to ``masks_per_image`` masks, resize the longest side, prompt. Raises ``BadSample``."""
+    """Decode, sample up to ``masks_per_image`` masks, resize the longest side, prompt. Raises ``BadSample``.
+
+    Any other failure on one sample's content (a value of the wrong type or size deep inside its json)
+    is a ``malformed_json`` sample too: one bad file must not stop a run that resuming hits again.
+    """
+    try:
+        return _prepare_sa1b_sample(raw, sampling, rng)
+    except BadSample:
+        raise
+    except SAMPLE_ERRORS as exn:
+        raise BadSample("malformed_json", f"{type(exn).__name__}: {str(exn)[:200]}") from exn
+
+
+def _prepare_sa1b_sample(raw: dict, sampling: SamSampling, rng: np.random.Generator) -> SamImage:
     key = raw["__key__"]
     if "json" not in raw:
         raise BadSample("missing_json" if "jpg" in raw else "no_image", f"files: {sorted(raw)}")

@@ -56,7 +56,8 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
 
 def _glob(url: str) -> list[str]:
     """A local shell pattern (``/data/cc3m/*.tar``) -> its sorted matches; anything else as it is."""
-    if not (is_local(url) and glob.has_magic(url)):
+    # An existing path is itself, even when its name holds glob characters (Hydra's sweep dirs hold [...]).
+    if not (is_local(url) and glob.has_magic(url)) or os.path.exists(url):
         return [url]
     matches = sorted(glob.glob(url))
     if not matches:

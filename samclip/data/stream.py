@@ -9,15 +9,20 @@ How exact resume works (and its limits):
   trainer. ``state_dict()`` = epoch, step, those cursors and the skip counts. On restore, a DataLoader
   worker takes the logical role that continues the sequence, and reopens its shards at the recorded
   cursors (reading, without decoding, the part of the current shard already consumed).
-- Exact only with the same seed, world_size, num_workers, rank and shard lists; ``load_state_dict``
-  refuses a mismatch unless ``strict=False``, which keeps epoch and step but restarts the cursors.
+- Sample-level shuffling (``shuffle_buffer`` > 0, as open_clip's webdataset pipeline): each worker keeps,
+  per source, a buffer of that many raw samples and hands out a random one (drawn from a generator of
+  (seed, global step, rank)), refilling from its cursor. The buffer is saved as the cursor positions of
+  the samples in it, in order; on restore they are read again from their shards (one pass per shard).
+- Exact only with the same seed, world_size, num_workers, rank, shard lists and buffer size;
+  ``load_state_dict`` refuses a mismatch unless ``strict=False``, which keeps epoch and step but restarts
+  the cursors with empty buffers.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -25,7 +30,7 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from samclip.data.bad_samples import BadSample, SkipTracker
-from samclip.data.shards import RawSample, ShardCursor, SlotShards
+from samclip.data.shards import RawSample, ShardCursor, SlotShards, iter_shard
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +40,41 @@ Position = tuple[int, int]
 
 
 class SampleReader:
-    """One worker's view of its sources: the next usable sample, skipping and counting the bad ones."""
+    """One worker's view of its sources: the next usable sample, skipping and counting the bad ones.
 
-    def __init__(self, cursors: list[ShardCursor], tracker: SkipTracker) -> None:
+    With ``shuffle_buffer`` > 0 the next sample is a random one of a buffer of that many raw samples per
+    source (drawn from ``rng``, which the worker reseeds every step); ``buffers`` restores saved ones.
+    """
+
+    def __init__(
+        self,
+        cursors: list[ShardCursor],
+        tracker: SkipTracker,
+        shuffle_buffer: int = 0,
+        buffers: list[list[tuple[Position, RawSample]]] | None = None,
+    ) -> None:
         self.cursors = cursors
         self.tracker = tracker
+        self.shuffle_buffer = shuffle_buffer
+        self.buffers = buffers if buffers is not None else [[] for _ in cursors]
+        self.rng = np.random.default_rng(0)
+
+    def _next_raw(self, source: int) -> RawSample:
+        cursor = self.cursors[source]
+        if not self.shuffle_buffer:
+            return cursor.next_raw()
+        buffer = self.buffers[source]
+        while len(buffer) < self.shuffle_buffer:
+            raw = cursor.next_raw()
+            buffer.append(((cursor.shard_index, cursor.sample_index - 1), raw))
+        pick = int(self.rng.integers(len(buffer)))
+        buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
+        return buffer.pop()[1]
 
     def next(self, source: int, prepare: Callable[[RawSample], SampleT]) -> SampleT:
         """``prepare(raw)`` of the next sample of ``source`` for which it does not raise ``BadSample``."""
-        cursor = self.cursors[source]
         while True:
-            raw = cursor.next_raw()
+            raw = self._next_raw(source)
             self.tracker.seen()
             try:
                 return prepare(raw)
@@ -55,6 +84,38 @@ class SampleReader:
     @property
     def positions(self) -> list[Position]:
         return [c.position for c in self.cursors]
+
+    @property
+    def buffer_positions(self) -> list[list[Position]]:
+        return [[position for position, _ in buffer] for buffer in self.buffers]
+
+
+def reread_buffer(
+    slot_shards: SlotShards,
+    positions: Sequence[Position],
+    tracker: SkipTracker,
+    keep_key: Callable[[str], bool],
+) -> list[tuple[Position, RawSample]]:
+    """The samples at ``positions`` (a saved shuffle buffer), in order: one pass over each of their shards.
+
+    A sample that cannot be read again (its shard broke since) is dropped and counted as skipped.
+    """
+    stride, offset = slot_shards.stride_offset()
+    found: dict[Position, RawSample] = {}
+    by_shard: dict[int, set[int]] = {}
+    for n, m in positions:
+        by_shard.setdefault(n, set()).add(m)
+    for n, wanted in by_shard.items():
+        url = slot_shards[n]
+        try:
+            for index, sample in iter_shard(url, min(wanted), stride, offset):
+                if index in wanted and keep_key(sample["__key__"]):
+                    found[(n, index)] = sample
+                if index >= max(wanted):
+                    break
+        except Exception as exn:  # the same rule as a shard that breaks while streaming
+            tracker.skip("unreadable_shard", url, "shuffle buffer", f"{type(exn).__name__}: {exn}")
+    return [(tuple(p), found[tuple(p)]) for p in positions if tuple(p) in found]
 
 
 class BatchBuilder(Generic[BatchT]):
@@ -86,6 +147,10 @@ class EpochPlan:
     positions: tuple[tuple[Position, ...], ...]  # [logical worker][source]
     max_skip_fraction: float
     skip_rate_min_samples: int
+    shuffle_buffer: int = 0
+    buffers: tuple[
+        tuple[tuple[Position, ...], ...], ...
+    ] = ()  # [logical worker][source][k]: buffered samples
 
 
 @dataclass
@@ -94,6 +159,10 @@ class _WorkerOutput:
     logical_worker: int
     positions: list[Position]
     skipped: dict[str, int]
+    buffers: list[list[Position]]
+
+
+_SHUFFLE_STREAM = 1  # tags the shuffle buffer's generator apart from the batch's
 
 
 def _identity(x: Any) -> Any:
@@ -122,13 +191,23 @@ class _EpochWorkers(IterableDataset):
             )
             for i, shards in enumerate(plan.sources)
         ]
-        reader = SampleReader(cursors, tracker)
+        buffers = None
+        if plan.shuffle_buffer and plan.buffers:
+            buffers = [
+                reread_buffer(cursor.slot_shards, plan.buffers[logical][i], tracker, self.builder.keep_key)
+                for i, cursor in enumerate(cursors)
+            ]
+        reader = SampleReader(cursors, tracker, plan.shuffle_buffer, buffers)
         step = plan.start_step + worker_id
         while plan.end_step is None or step < plan.end_step:
             global_step = plan.first_global_step + step
             rng = np.random.default_rng((plan.seed, global_step, plan.rank))
+            # Its own generator, so that a batch's augmentations do not depend on the buffer size.
+            reader.rng = np.random.default_rng((plan.seed, global_step, plan.rank, _SHUFFLE_STREAM))
             batch = self.builder.build(global_step, reader, rng)
-            yield _WorkerOutput(batch, logical, reader.positions, tracker.take_pending())
+            yield _WorkerOutput(
+                batch, logical, reader.positions, tracker.take_pending(), reader.buffer_positions
+            )
             step += plan.num_workers
 
 
@@ -157,6 +236,10 @@ def epoch_length(
     return steps_per_epoch, num_samples
 
 
+# Keys that checkpoints written before they existed lack, with the value those streams had.
+_STATE_DEFAULTS = {"shuffle_buffer": 0}
+
+
 class ShardedStream(Generic[BatchT]):
     """Iterate to get this rank's batches of the current epoch (epoch mode) or forever (resampled mode
     without ``steps_per_epoch``). Counts of skipped samples are in ``skipped`` (keys ``skipped/<kind>``)."""
@@ -174,7 +257,10 @@ class ShardedStream(Generic[BatchT]):
         max_skip_fraction: float,
         skip_rate_min_samples: int,
         prefetch_factor: int = 2,
+        shuffle_buffer: int = 0,
     ) -> None:
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if num_workers < 0:
@@ -194,10 +280,13 @@ class ShardedStream(Generic[BatchT]):
         self.max_skip_fraction = max_skip_fraction
         self.skip_rate_min_samples = skip_rate_min_samples
         self.prefetch_factor = prefetch_factor
+        self.shuffle_buffer = shuffle_buffer
         self.epoch = 0
         self.step = 0  # next step within the epoch
         self.skipped: Counter[str] = Counter()
+        self.num_seen = 0  # samples read over the run (good and bad), for the run-long skip rate
         self._positions = self._fresh_positions()
+        self._buffers = self._fresh_buffers()
 
     @property
     def _num_logical_workers(self) -> int:
@@ -205,6 +294,13 @@ class ShardedStream(Generic[BatchT]):
 
     def _fresh_positions(self) -> list[list[Position]]:
         return [[(0, 0) for _ in self.sources] for _ in range(self._num_logical_workers)]
+
+    def _fresh_buffers(self) -> list[list[list[Position]]]:
+        return [[[] for _ in self.sources] for _ in range(self._num_logical_workers)]
+
+    def _restart_cursors(self) -> None:
+        self._positions = self._fresh_positions()
+        self._buffers = self._fresh_buffers()
 
     @property
     def global_step(self) -> int:
@@ -215,14 +311,14 @@ class ShardedStream(Generic[BatchT]):
         if epoch != self.epoch or self.step:
             self.epoch, self.step = epoch, 0
             if not self.resampled:
-                self._positions = self._fresh_positions()
+                self._restart_cursors()
 
     def _roll_over_finished_epoch(self) -> None:
         if self.steps_per_epoch is not None and self.step >= self.steps_per_epoch:
             self.epoch += 1
             self.step = 0
             if not self.resampled:  # resampled shard draws continue across nominal epochs
-                self._positions = self._fresh_positions()
+                self._restart_cursors()
 
     def __iter__(self) -> Iterator[BatchT]:
         self._roll_over_finished_epoch()
@@ -240,6 +336,8 @@ class ShardedStream(Generic[BatchT]):
             positions=tuple(tuple(p) for p in self._positions),
             max_skip_fraction=self.max_skip_fraction,
             skip_rate_min_samples=self.skip_rate_min_samples,
+            shuffle_buffer=self.shuffle_buffer,
+            buffers=tuple(tuple(tuple(map(tuple, b)) for b in worker) for worker in self._buffers),
         )
         workers = _EpochWorkers(self.builder, plan)
         if self.num_workers == 0:
@@ -257,7 +355,10 @@ class ShardedStream(Generic[BatchT]):
         epoch = self.epoch
         for out in outputs:
             self._positions[out.logical_worker] = list(out.positions)
-            self.skipped.update(out.skipped)
+            self._buffers[out.logical_worker] = [list(b) for b in out.buffers]
+            counts = dict(out.skipped)
+            self.num_seen += counts.pop("seen", 0)
+            self.skipped.update(counts)
             self.step += 1
             yield out.batch
         if self.skipped:
@@ -272,12 +373,15 @@ class ShardedStream(Generic[BatchT]):
             "epoch": self.epoch,
             "step": self.step,
             "positions": [[list(p) for p in worker] for worker in self._positions],
+            "buffers": [[[list(p) for p in b] for b in worker] for worker in self._buffers],
             "skipped": dict(self.skipped),
+            "seen": self.num_seen,
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
             "num_workers": self.num_workers,
             "num_shards": [len(s) for s in self.sources],
+            "shuffle_buffer": self.shuffle_buffer,
         }
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
@@ -289,8 +393,9 @@ class ShardedStream(Generic[BatchT]):
                 ("world_size", self.world_size),
                 ("num_workers", self.num_workers),
                 ("num_shards", [len(s) for s in self.sources]),
+                ("shuffle_buffer", self.shuffle_buffer),
             )
-            if state.get(key) != ours
+            if state.get(key, _STATE_DEFAULTS.get(key)) != ours
         }
         if mismatched and strict:
             raise ValueError(
@@ -301,10 +406,15 @@ class ShardedStream(Generic[BatchT]):
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.skipped = Counter({k: int(v) for k, v in state.get("skipped", {}).items()})
+        self.num_seen = int(state.get("seen", 0))
         if mismatched:
             logger.warning(
                 "%s: inexact resume (%s): shard cursors restart", self.builder.stream_name, mismatched
             )
-            self._positions = self._fresh_positions()
+            self._restart_cursors()
         else:
             self._positions = [[(int(n), int(m)) for n, m in worker] for worker in state["positions"]]
+            self._buffers = [
+                [[(int(n), int(m)) for n, m in b] for b in worker]
+                for worker in state.get("buffers", self._fresh_buffers())
+            ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ def evaluate_retrieval(
     under ``images_root``; ``"webdataset"`` reads ``shards`` (image + txt/json captions)."""
     clip = resolve_encoder(encoder, model, teacher_model, teacher_pretrained, device)
     pairs: Iterable[CaptionedImage]
+    skipped: Counter[str] = Counter()
     if layout == "karpathy":
         if annotations is None or images_root is None:
             raise ValueError("layout=karpathy needs eval.annotations and eval.images_root")
@@ -51,7 +53,7 @@ def evaluate_retrieval(
     elif layout == "webdataset":
         if shards is None:
             raise ValueError("layout=webdataset needs eval.shards")
-        pairs = read_caption_shards(shards)
+        pairs = read_caption_shards(shards, skipped)
     else:
         raise ValueError(f"unknown retrieval layout {layout!r}; use 'karpathy' or 'webdataset'")
     if max_images is not None:
@@ -80,4 +82,6 @@ def evaluate_retrieval(
     results: dict[str, Any] = {"encoder": clip.name, "resolution": size}
     results.update(retrieval_recall(similarity, torch.tensor(owners), recall_at))
     results["num_images"], results["num_captions"] = similarity.shape
+    results["skipped_samples"] = sum(skipped.values())
+    results.update(sorted(skipped.items()))
     return results

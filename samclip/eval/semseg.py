@@ -30,17 +30,22 @@ def evaluate_semseg(
     resolution: int = 448,
     threshold: float = 0.5,
     num_points: int = 3,
+    composed_protocol: str = "paper",
     seed: int = 0,
     max_images: int | None = None,
     num_visualize: int = 4,
 ) -> dict[str, Any]:
-    """``root`` is the dataset root as distributed (see ``samclip.eval.datasets.semseg`` for the layouts)."""
+    """``root`` is the dataset root as distributed (see ``samclip.eval.datasets.semseg`` for the layouts).
+
+    ``composed_protocol`` (mode=composed): ``paper`` (appendix C) or ``weighted``; see
+    ``samclip.eval.zeroshot.segment_with_both_heads``.
+    """
     if model is None:
         raise ValueError("semantic segmentation needs checkpoint=FILE")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
     dataset = open_segmentation_dataset(layout, root, split)
-    classifier = model.text_classifier(dataset.classnames)
+    classifier = model.text_classifier(dataset.prompts)
     generator = torch.Generator().manual_seed(seed)
     confusion = ConfusionMatrix(len(dataset.classnames))
     palette = class_palette(len(dataset.classnames))
@@ -59,6 +64,7 @@ def evaluate_semseg(
                 num_points=num_points,
                 background_index=dataset.background_index,
                 generator=generator,
+                protocol=composed_protocol,
             )
         label_map = prediction.label_map.cpu().numpy()
         confusion.update(label_map, sample.label)
@@ -75,6 +81,7 @@ def evaluate_semseg(
     return {
         "dataset": dataset.name,
         "mode": mode,
+        **({"composed_protocol": composed_protocol} if mode == "composed" else {}),
         "resolution": resolution if mode == "clip" else model.config.image_size,
         "mIoU": 100.0 * confusion.miou(),
         "pixel_accuracy": 100.0 * confusion.pixel_accuracy(),

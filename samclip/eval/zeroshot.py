@@ -18,6 +18,9 @@ Template = str | Callable[[str], str]
 OPENAI_TEMPLATES: tuple[Template, ...] = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)  # the 80 templates
 # Coarse CLIP-head probabilities become SAM mask-input logits through log-odds, clamped to SAM's usual range.
 MASK_INPUT_CLAMP = 20.0
+# How the CLIP head prompts the SAM head (``segment_with_both_heads``): "paper" is appendix C, "weighted" the
+# variant this package had first (probability-weighted points, background never prompted).
+COMPOSED_PROTOCOLS = ("paper", "weighted")
 
 
 class TextModel(Protocol):
@@ -86,17 +89,30 @@ def segment_with_both_heads(
     num_points: int = 3,
     background_index: int | None = None,
     generator: torch.Generator | None = None,
+    protocol: str = "paper",
 ) -> SemanticPrediction:
     """CLIP head + SAM head composition (paper, appendix C), from one backbone pass in SAM's frame.
 
-    Per class, the CLIP-head probability is the softmax over classes of ``logit_scale`` x cosine. A class
-    whose probability exceeds ``threshold`` somewhere is prompted with up to ``num_points`` points drawn
-    (weighted by probability, from ``generator``) where it does, plus its probability map as the coarse
-    mask (log-odds at the prompt encoder's low-res size). Each pixel takes the prompted class with the
-    highest SAM logit. Pixels no SAM mask claims (all logits <= 0) take ``background_index`` when the
-    class list has a background (it is never prompted), else the CLIP head's own argmax. The prediction
-    records each prompted class's points and coarse mask, so the SAM head's part can be replayed elsewhere.
+    The CLIP head's mask prediction for a class is its probability, the softmax over classes of
+    ``logit_scale`` x cosine (appendix C thresholds "logits" at 0.5 on VOC, a level raw cosines of a
+    CLIP head do not reach; the probability's log-odds, which is what the prompt encoder gets as the
+    coarse mask, cross SAM's mask threshold 0 exactly there). A class whose probability exceeds
+    ``threshold`` somewhere is prompted with points where it does plus its coarse mask (log-odds at the
+    prompt encoder's low-res size). ``protocol``:
+
+    - ``paper`` (appendix C): every class, the background one included, may be prompted; each gets
+      1..``num_points`` points (the count uniform, from ``generator``) drawn uniformly among its pixels
+      above the threshold; each pixel takes the prompted class with the highest SAM logit.
+    - ``weighted``: exactly ``num_points`` points (fewer if fewer pixels pass), drawn with probability
+      weights; the class ``background_index`` is never prompted, and pixels no SAM mask claims (all
+      logits <= 0) take it.
+
+    With no class prompted (or, for ``weighted`` without a background class, on unclaimed pixels) the
+    CLIP head's own argmax decides. The prediction records each prompted class's points and coarse mask,
+    so the SAM head's part can be replayed elsewhere.
     """
+    if protocol not in COMPOSED_PROTOCOLS:
+        raise ValueError(f"unknown composed protocol {protocol!r}; use one of {COMPOSED_PROTOCOLS}")
     embedding = model.embed_image(image)
     frame = model.config.image_size
     patches = model.clip_head(embedding.features.tokens, dense=True).patch_embeds[0]
@@ -110,11 +126,15 @@ def segment_with_both_heads(
     coarse = F.interpolate(probs[None], size=(low_res, low_res), mode="bilinear", align_corners=False)[0]
     coarse = torch.logit(coarse.clamp(1e-6, 1 - 1e-6)).clamp(-MASK_INPUT_CLAMP, MASK_INPUT_CLAMP)
 
+    paper = protocol == "paper"
     prompts, sam_logits = [], []
     for class_index in range(classifier.shape[1]):
-        if class_index == background_index:
+        if class_index == background_index and not paper:
             continue
-        points = _sample_points(full_probs[class_index], threshold, num_points, generator)
+        if paper:
+            points = _sample_points_uniform(full_probs[class_index], threshold, num_points, generator)
+        else:
+            points = _sample_points(full_probs[class_index], threshold, num_points, generator)
         if points is None:
             continue
         prompt = ClassPrompt(class_index, points, coarse[class_index][None])
@@ -127,14 +147,35 @@ def segment_with_both_heads(
         logits = upscale_mask_logits(result.logits, frame, embedding.input_size, embedding.original_size)
         prompts.append(prompt)
         sam_logits.append(logits[0, 0])
-    fallback = torch.full_like(clip_labels, background_index) if background_index is not None else clip_labels
     if not prompts:
+        fallback = (
+            clip_labels
+            if paper or background_index is None
+            else torch.full_like(clip_labels, background_index)
+        )
         return SemanticPrediction(label_map=fallback, clip_logits=full_cosine)
     stacked = torch.stack(sam_logits)
     best, best_index = stacked.max(0)
     labels = torch.as_tensor([p.class_index for p in prompts], device=best_index.device)[best_index]
-    label_map = torch.where(best > 0, labels, fallback)
+    if paper:
+        label_map = labels
+    else:
+        fallback = clip_labels if background_index is None else torch.full_like(clip_labels, background_index)
+        label_map = torch.where(best > 0, labels, fallback)
     return SemanticPrediction(label_map=label_map, clip_logits=full_cosine, prompts=tuple(prompts))
+
+
+def _sample_points_uniform(
+    prob: torch.Tensor, threshold: float, max_points: int, generator: torch.Generator | None
+) -> torch.Tensor | None:
+    """1..``max_points`` (x, y) pixels (the count uniform) drawn uniformly without replacement where
+    ``prob > threshold`` (appendix C's "randomly sampled from pixels where the logits exceed a threshold")."""
+    ys, xs = torch.nonzero(prob > threshold, as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    count = int(torch.randint(1, max_points + 1, (1,), generator=generator))
+    chosen = torch.randperm(ys.numel(), generator=generator)[: min(count, ys.numel())].to(ys.device)
+    return torch.stack([xs[chosen], ys[chosen]], dim=1).double()
 
 
 def _sample_points(

@@ -59,6 +59,11 @@ def save_final_checkpoint(
 
 def load_final_checkpoint(path: str | Path) -> FinalCheckpoint:
     raw = read_torch_file(path, "checkpoint")
+    if isinstance(raw, dict) and raw.get("format") == "samclip-training":
+        raise ValueError(
+            f"{path} is a training checkpoint (step_*.pt, to resume a stage); use the stage's final.pt, "
+            f"written when the stage ends"
+        )
     missing = [
         key
         for key in ("model", "model_config", "clip_teacher")

@@ -50,8 +50,12 @@ def decode_masks(
     image_embeddings: torch.Tensor,
     prompts: Sequence[SamPrompts],
     multimask: bool,
+    all_outputs: bool = False,
 ) -> SamHeadOutput:
     """Run SAM's decoder for every prompt group against its image's embedding.
+
+    ``multimask`` picks SAM's outputs as ``SamPredictor`` does (the three multimask outputs, or the
+    single-mask one); ``all_outputs`` returns all four, single-mask first (for distilling every output).
 
     segment_anything's ``MaskDecoder`` takes one image embedding per call (it repeats it over the
     prompts), so groups are decoded one by one, exactly as ``Sam.forward`` does per image. Student
@@ -68,13 +72,16 @@ def decode_masks(
             )
         points = None if group.point_coords is None else (group.point_coords, group.point_labels)
         sparse, dense = prompt_encoder(points=points, boxes=group.boxes, masks=group.mask_inputs)
-        group_logits, group_ious = mask_decoder(
-            image_embeddings=image_embeddings[group.image_index : group.image_index + 1],
-            image_pe=dense_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        decoder_inputs = {
+            "image_embeddings": image_embeddings[group.image_index : group.image_index + 1],
+            "image_pe": dense_pe,
+            "sparse_prompt_embeddings": sparse,
+            "dense_prompt_embeddings": dense,
+        }
+        if all_outputs:
+            group_logits, group_ious = mask_decoder.predict_masks(**decoder_inputs)
+        else:
+            group_logits, group_ious = mask_decoder(**decoder_inputs, multimask_output=multimask)
         logits.append(group_logits)
         ious.append(group_ious)
         owners.append(
@@ -94,6 +101,12 @@ class SamHead(nn.Module):
         self.mask_decoder = build_mask_decoder(config)
 
     def forward(
-        self, image_embeddings: torch.Tensor, prompts: Sequence[SamPrompts], multimask: bool = False
+        self,
+        image_embeddings: torch.Tensor,
+        prompts: Sequence[SamPrompts],
+        multimask: bool = False,
+        all_outputs: bool = False,
     ) -> SamHeadOutput:
-        return decode_masks(self.prompt_encoder, self.mask_decoder, image_embeddings, prompts, multimask)
+        return decode_masks(
+            self.prompt_encoder, self.mask_decoder, image_embeddings, prompts, multimask, all_outputs
+        )

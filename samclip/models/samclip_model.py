@@ -78,15 +78,21 @@ class SamClipModel(nn.Module):
         clip: bool = True,
         dense: bool = False,
         multimask: bool = False,
+        all_outputs: bool = False,
     ) -> SamClipOutput:
         """One backbone pass feeding the CLIP head (``clip``) and/or the SAM head (when prompts are given).
 
         SAM prompts are in the pixel frame of ``images``, which for the SAM head must be the
-        square ``config.image_size`` frame (SAM's resize-longest-side and pad).
+        square ``config.image_size`` frame (SAM's resize-longest-side and pad). ``all_outputs`` returns
+        all four of SAM's mask outputs (single-mask first) instead of the ``multimask`` selection.
         """
         features = self.forward_features(images, with_neck=sam_prompts is not None)
         clip_out = self.clip_head(features.tokens, dense=dense) if clip else None
-        sam_out = self.sam_head(features.neck, sam_prompts, multimask) if sam_prompts is not None else None
+        sam_out = (
+            self.sam_head(features.neck, sam_prompts, multimask, all_outputs)
+            if sam_prompts is not None
+            else None
+        )
         return SamClipOutput(clip=clip_out, sam=sam_out)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -22,14 +22,26 @@ from samclip.models.sam_head import SamHeadOutput, decode_masks
 open_clip.add_model_config(Path(__file__).parent / "clip_configs")
 
 
-def create_open_clip(model_name: str, pretrained: str | None) -> nn.Module:
+def create_open_clip(model_name: str, pretrained: str | None, kind: str = "CLIP checkpoint") -> nn.Module:
     """``open_clip.create_model`` without its root-logger chatter (11 INFO lines a build).
 
     With ``pretrained=None`` the caller loads the weights itself, so open_clip's "initialized randomly" warning
-    would be wrong and is silenced too; real problems still raise.
+    would be wrong and is silenced too; real problems still raise. A ``pretrained`` file is read tensors-only
+    (open_clip's ``weights_only=True``) and errors name it (as ``kind``).
     """
-    with _logging_disabled(logging.INFO if pretrained else logging.WARNING):
-        return open_clip.create_model(model_name, pretrained=pretrained or None)
+    is_file = bool(pretrained) and is_checkpoint_path(pretrained)
+    if is_file and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"{kind} {pretrained} does not exist")
+    try:
+        with _logging_disabled(logging.INFO if pretrained else logging.WARNING):
+            return open_clip.create_model(model_name, pretrained=pretrained or None)
+    except Exception as error:
+        if not is_file:
+            raise
+        reason = next((line.strip() for line in str(error).splitlines() if "WeightsUnpickler" in line), None)
+        raise ValueError(
+            f"{kind} {pretrained} is not a readable {model_name} checkpoint: {reason or error}"
+        ) from error
 
 
 def open_clip_tokenizer(model_name: str) -> Callable[[Sequence[str]], torch.Tensor]:
@@ -67,11 +79,9 @@ class ClipTeacher(FrozenTeacher):
         self, model_name: str = "ViT-L-14", pretrained: str | None = "datacomp_xl_s13b_b90k"
     ) -> None:
         super().__init__()
-        if pretrained and is_checkpoint_path(pretrained) and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"CLIP teacher checkpoint {pretrained} does not exist")
         self.model_name = model_name
         self.pretrained = pretrained
-        self.model = create_open_clip(model_name, pretrained)
+        self.model = create_open_clip(model_name, pretrained, kind="CLIP teacher checkpoint")
         self.tokenizer = open_clip_tokenizer(model_name)
         visual = self.model.visual
         self.image_size = _square_side(visual.image_size)
@@ -132,11 +142,17 @@ class SamTeacher(FrozenTeacher):
 
     @torch.no_grad()
     def forward(
-        self, images: torch.Tensor, prompts: Sequence[SamPrompts], multimask: bool = False
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[SamPrompts],
+        multimask: bool = False,
+        all_outputs: bool = False,
     ) -> SamHeadOutput:
         """``images``: float [B, 3, S, S] in [0, 1] in SAM's frame, padded with ``SAM_PAD_VALUE``."""
         embeddings = self.sam.image_encoder(normalize_sam(images))
-        return decode_masks(self.sam.prompt_encoder, self.sam.mask_decoder, embeddings, prompts, multimask)
+        return decode_masks(
+            self.sam.prompt_encoder, self.sam.mask_decoder, embeddings, prompts, multimask, all_outputs
+        )
 
 
 def is_checkpoint_path(value: str | None) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,11 +21,12 @@ from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import ClipTeacherSpec
 from samclip.models.teachers import is_checkpoint_path
 from samclip.train.checkpoint import Checkpointer
+from samclip.train.config_checks import check_run_values
 from samclip.train.distributed import DistEnv
 from samclip.train.loop import LoopOptions
 from samclip.train.optim import build_optimizer, set_trainable
 from samclip.train.stages import STAGE_NAMES, Stage
-from samclip.train.tasks.sam_clip import SamClipTask
+from samclip.train.tasks.sam_clip import SAM_OUTPUTS, SamClipTask
 from samclip.train.tracking import Tracker, WandbLogger
 from samclip.train.validation import PREFIX, BestCheckpoint, Validator, check_keep_best
 
@@ -36,7 +38,12 @@ _TRAINER_STREAM_KEYS = ("micro_batch_size", "val_manifest")
 def build_stage(cfg: DictConfig, name: str) -> Stage:
     if name not in STAGE_NAMES or name not in cfg.stage:
         raise ValueError(f"stages: unknown stage {name!r}; available: {list(cfg.stage)}")
-    return instantiate(cfg.stage[name])
+    try:
+        return instantiate(cfg.stage[name])
+    except InstantiationException as error:
+        if isinstance(error.__cause__, (ValueError, TypeError)):  # the stage's own check, naming its key
+            raise error.__cause__ from None
+        raise
 
 
 def final_path(run_dir: Path, stage: str) -> Path:
@@ -59,10 +66,13 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
     if not cfg.stages:
         raise ValueError("stages: the list of stages to run is empty")
     stages = [build_stage(cfg, name) for name in cfg.stages]
+    check_run_values(cfg, {name for stage in stages for name in stage.streams})
     loop_options(cfg, env.device)  # micro-batch sizes and precision
     with torch.device("meta"):
         model = build_model(cfg, from_sam_checkpoint=False)
     weights = {"clip": float(cfg.loss.clip_weight), "sam": float(cfg.loss.sam_weight)}
+    if cfg.loss.get("sam_outputs", "single") not in SAM_OUTPUTS:
+        raise ValueError(f"loss.sam_outputs must be one of {SAM_OUTPUTS}, got {cfg.loss.sam_outputs!r}")
     for stage in stages:
         try:
             trainable = set_trainable(model, stage.trainable)
@@ -145,6 +155,7 @@ def build_task(
         sam_loss=instantiate(cfg.loss.sam) if uses_sam else None,
         clip_weight=cfg.loss.clip_weight,
         sam_weight=cfg.loss.sam_weight,
+        sam_outputs=cfg.loss.get("sam_outputs", "single"),
     )
 
 
@@ -166,6 +177,7 @@ def build_streams(cfg: DictConfig, stage: Stage, env: DistEnv) -> dict[str, Any]
             resolutions=list(stage.clip.resolutions),
             base_batch_size=stage.clip.batch_size,
             base_resolution=stage.clip.base_resolution,
+            sam_frame_resolutions=list(stage.clip.sam_frame_resolutions),
             **common,
         )
     if stage.sam is not None:

@@ -36,8 +36,12 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
-    """Join the process group ``torchrun`` describes (gloo on CPU, nccl on GPU), or run as one process."""
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:
+    """Join the process group ``torchrun`` describes (gloo on CPU, nccl on GPU), or run as one process.
+
+    ``timeout_s`` (``trainer.dist_timeout_s``) bounds how long a collective waits for a rank that stopped
+    without dying; the waiting ranks then fail and torchrun ends the job.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -54,7 +58,7 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if torch_device.type == "cuda" else "gloo",
-            timeout=datetime.timedelta(minutes=timeout_minutes),
+            timeout=datetime.timedelta(seconds=timeout_s),
             device_id=torch_device if torch_device.type == "cuda" else None,
         )
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)

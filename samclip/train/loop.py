@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from samclip.data.bad_samples import SKIP_KINDS
+from samclip.data.bad_samples import SKIP_KINDS, check_skip_rate
 from samclip.train.checkpoint import Checkpointer, StageState, training_state
 from samclip.train.distributed import DistEnv, all_reduce_sum
 from samclip.train.step import StepLosses, forward_backward
@@ -154,15 +154,24 @@ def _forever(stream: Iterable[Any]) -> Iterator[Any]:
 
 
 def _skipped_samples(streams: Mapping[str, Any], env: DistEnv) -> dict[str, int]:
-    """Global counts of samples the data streams skipped, by stream and kind (a fixed key set on every rank)."""
+    """Global counts of samples the data streams skipped, by stream and kind (a fixed key set on every rank).
+
+    Also the run-long skip-rate limit: counts since the run began, summed over workers and ranks.
+    """
     names = [f"{name}/{kind}" for name in streams for kind in SKIP_KINDS]
     local = [
         float(getattr(streams[name], "skipped", {}).get(f"skipped/{kind}", 0))
         for name in streams
         for kind in SKIP_KINDS
-    ]
+    ] + [float(getattr(streams[name], "num_seen", 0)) for name in streams]
     if not names:
         return {"skipped_samples": 0}
     totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=env.device), env).tolist()
-    counts = {f"skipped/{name}": int(v) for name, v in zip(names, totals, strict=True) if v}
+    kinds, seen = totals[: len(names)], totals[len(names) :]
+    for index, (name, stream) in enumerate(streams.items()):
+        limit = getattr(stream, "max_skip_fraction", None)
+        if limit is not None:
+            skipped = sum(kinds[index * len(SKIP_KINDS) : (index + 1) * len(SKIP_KINDS)])
+            check_skip_rate(name, int(seen[index]), int(skipped), limit, stream.skip_rate_min_samples)
+    counts = {f"skipped/{name}": int(v) for name, v in zip(names, kinds, strict=True) if v}
     return {"skipped_samples": sum(counts.values()), **counts}

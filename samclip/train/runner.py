@@ -24,9 +24,11 @@ from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import load_final_checkpoint, save_final_checkpoint
 from samclip.train import builder
 from samclip.train.checkpoint import StageState, restore_training_state
+from samclip.train.config_checks import require_number
 from samclip.train.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_student
 from samclip.train.loop import train_stage
 from samclip.train.optim import build_scheduler, set_trainable
+from samclip.train.resume import ALLOW_KEY, check_resume_config
 from samclip.train.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ CONFIG_DIR = config_dir("train.yaml")
 
 def run(cfg: DictConfig) -> Path:
     """Run ``cfg.stages``; returns the run directory. Config errors raise before any stage starts."""
-    env = init_distributed(cfg.trainer.device)
+    require_number("trainer.dist_timeout_s", cfg.trainer.dist_timeout_s, above=0)
+    env = init_distributed(cfg.trainer.device, timeout_s=float(cfg.trainer.dist_timeout_s))
     if not env.is_main:
         logging.getLogger("samclip").setLevel(logging.WARNING)
     try:
@@ -65,7 +68,19 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     stage = stages[index]
     directory = run_dir / stage.name
     checkpointer = builder.build_checkpointer(cfg, directory)
-    resume_path = checkpointer.latest()
+    if env.is_main:
+        checkpointer.clean_partial_writes()
+    resume_path, resumed = checkpointer.load_latest() or (None, None)
+    changes = []
+    if resumed is not None:
+        allow = bool(OmegaConf.select(cfg, ALLOW_KEY, default=False))
+        changes = check_resume_config(
+            resume_path, resumed.get("config"), builder.resolved_config(cfg), stage.name, allow
+        )
+        for key, old, new in changes:
+            log.warning(
+                "%s: resuming with %s=%r (the checkpoint's was %r; %s)", stage.name, key, new, old, ALLOW_KEY
+            )
     source = None if resume_path is not None else builder.init_source(cfg, stages, index, run_dir)
     log.info(
         "%s: %s",
@@ -87,6 +102,10 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     )
     teachers = validator.teachers if validator is not None else ()
     task = builder.build_task(cfg, stage, model, teachers).to(env.device)
+    # Before the optimizer: a parameter no loss reaches must not be decayed (nor registered with DDP).
+    frozen = task.freeze_without_loss_path(stage.streams)
+    if frozen:
+        log.info("%s: frozen, no loss path: %s", stage.name, ", ".join(frozen))
     streams = builder.build_streams(cfg, stage, env)
     optimizer = builder.build_stage_optimizer(cfg, stage, model)
     steps_per_epoch = getattr(streams.get("clip"), "steps_per_epoch", None)
@@ -95,7 +114,17 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     )
     last_step = stage.stop_length(steps_per_epoch, cfg.trainer.max_steps)
     if resume_path is not None:
-        state = restore_training_state(resume_path, model, optimizer, scheduler, streams, env=env)
+        state = restore_training_state(
+            resume_path,
+            model,
+            optimizer,
+            scheduler,
+            streams,
+            env=env,
+            checkpoint=resumed,
+            stage=stage.name,
+            keep_new_hyperparameters=bool(changes),
+        )
     else:
         state = StageState()
         # Per-rank randomness (augmentation, prompt sampling in the model) must differ between ranks.

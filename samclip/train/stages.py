@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from samclip.train.config_checks import require_number
+
 STAGE_NAMES = ("head_probe", "multitask", "res_adapt")
 HEAD_LOSSES = {"clip_head": "clip", "sam_head": "sam"}
 
@@ -22,6 +24,8 @@ class ClipStreamSpec:
     resolutions: Sequence[int]
     batch_size: int  # global, at base_resolution
     base_resolution: int
+    # Resolutions whose batches are framed like SAM's input (longest side resized, padded), not full-bleed.
+    sam_frame_resolutions: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,28 @@ class Stage:
             raise ValueError(f"stage.{self.name}: a stage needs at least one of the clip and sam streams")
         if self.schedule_steps is None and self.schedule_epochs is None:
             raise ValueError(f"stage.{self.name}: set schedule_epochs or schedule_steps")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        key = f"stage.{self.name}"
+        require_number(f"{key}.lr", self.lr, above=0)
+        require_number(f"{key}.warmup_steps", self.warmup_steps, minimum=0, integer=True)
+        require_number(f"{key}.min_lr_ratio", self.min_lr_ratio, minimum=0, maximum=1)
+        require_number(f"{key}.schedule_epochs", self.schedule_epochs, above=0, optional=True)
+        require_number(f"{key}.stop_epoch", self.stop_epoch, above=0, optional=True)
+        require_number(f"{key}.schedule_steps", self.schedule_steps, minimum=1, integer=True, optional=True)
+        require_number(f"{key}.stop_step", self.stop_step, minimum=1, integer=True, optional=True)
+        for name, multiplier in self.lr_multipliers.items():
+            require_number(f"{key}.lr_multipliers.{name}", multiplier, minimum=0)
+        if self.clip is not None:
+            require_number(f"{key}.clip.batch_size", self.clip.batch_size, minimum=1, integer=True)
+            require_number(f"{key}.clip.base_resolution", self.clip.base_resolution, minimum=1, integer=True)
+            for resolution in self.clip.resolutions:
+                require_number(f"{key}.clip.resolutions", resolution, minimum=1, integer=True)
+        if self.sam is not None:
+            require_number(f"{key}.sam.batch_size", self.sam.batch_size, minimum=1, integer=True)
+            require_number(f"{key}.sam.resolution", self.sam.resolution, minimum=1, integer=True)
+            require_number(f"{key}.sam.masks_per_image", self.sam.masks_per_image, minimum=1, integer=True)
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -97,6 +123,12 @@ class Stage:
             for resolution in self.clip.resolutions:
                 _require_divisible(f"{key}.clip.resolutions", resolution, patch_size, not_patches)
             _require_divisible(f"{key}.clip.batch_size", self.clip.batch_size, world_size, not_ranks)
+            outside = sorted(set(self.clip.sam_frame_resolutions) - set(self.clip.resolutions))
+            if outside:
+                raise ValueError(
+                    f"{key}.clip.sam_frame_resolutions: {outside} are not among "
+                    f"{key}.clip.resolutions {list(self.clip.resolutions)}"
+                )
         if self.sam is not None:
             _require_divisible(f"{key}.sam.resolution", self.sam.resolution, patch_size, not_patches)
             _require_divisible(f"{key}.sam.batch_size", self.sam.batch_size, world_size, not_ranks)

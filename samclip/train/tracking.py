@@ -182,19 +182,35 @@ class Tracker:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint we resume from (they will be logged again)."""
+    """On resume, drop lines logged after the checkpoint we resume from (they will be logged again).
+
+    A torn line (a kill or a full disk mid-write) is dropped too, with a warning: it must never stop a run.
+    """
     if not path.is_file():
         return
-    kept = [
-        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
-    ]
+    kept = [json.dumps(line) for line in read_metrics(path) if line["step"] <= step]
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(f"{line}\n" for line in kept))
     os.replace(tmp, path)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The lines of a ``metrics.jsonl``; unparseable ones (a torn last write) are skipped with a warning."""
+    metrics, torn = [], []
+    for number, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("step"), int):
+            metrics.append(parsed)
+        else:
+            torn.append(number)
+    if torn:
+        log.warning("%s: dropped %d torn or unparseable line(s) (line %s)", path, len(torn), torn)
+    return metrics
 
 
 CURVES = (("loss", "total loss"), ("loss_clip", "L_clip"), ("loss_sam", "L_sam"), ("grad_norm", "grad norm"))

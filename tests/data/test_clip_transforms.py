@@ -6,8 +6,16 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
+from sample_layouts import write_web_shards
+from segment_anything.utils.transforms import ResizeLongestSide
 
-from samclip.data.clip_stream import clip_eval_transform, clip_train_transform, random_resized_crop_box
+from samclip.data.clip_stream import (
+    ClipStream,
+    clip_eval_transform,
+    clip_train_transform,
+    random_resized_crop_box,
+)
+from samclip.models.preprocess import SAM_PAD_VALUE
 
 
 @pytest.mark.parametrize("size", [(100, 157), (157, 100), (64, 64), (300, 97)])
@@ -43,3 +51,33 @@ def test_train_transform_is_torchvisions_resized_crop_flipped_half_the_time() ->
         )
         flips += flip
     assert 0 < flips < 20
+
+
+@pytest.mark.parametrize("size", [(60, 100), (100, 60), (80, 80)])
+def test_sam_frame_transform_is_segment_anythings_resize_and_pad_of_the_crop(size: tuple[int, int]) -> None:
+    """``sam_frame=True``: the same crop and flip, framed by ResizeLongestSide + bottom/right padding."""
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8))
+    for seed in range(6):
+        out = clip_train_transform(image, 64, np.random.default_rng(seed), (0.5, 1.0), sam_frame=True)
+        replay = np.random.default_rng(seed)
+        left, top, w, h = random_resized_crop_box(image.width, image.height, (0.5, 1.0), replay)
+        crop = np.asarray(image.crop((left, top, left + w, top + h)))
+        resized = ResizeLongestSide(64).apply_image(crop)
+        if replay.random() < 0.5:
+            resized = resized[:, ::-1]
+        expected = torch.tensor(SAM_PAD_VALUE).view(3, 1, 1).repeat(1, 64, 64)
+        expected[:, : resized.shape[0], : resized.shape[1]] = (
+            torch.from_numpy(resized.copy()).permute(2, 0, 1) / 255
+        )
+        assert out.shape == (3, 64, 64) and max(resized.shape[:2]) == 64
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_sam_frame_resolutions_must_be_trained_resolutions(tmp_path) -> None:
+    shards = write_web_shards(tmp_path, [4])
+    with pytest.raises(
+        ValueError, match=r"sam_frame_resolutions \[64\] are not among the resolutions \[32\]"
+    ):
+        ClipStream(
+            shards, resolutions=[32], base_batch_size=2, base_resolution=32, sam_frame_resolutions=[64]
+        )

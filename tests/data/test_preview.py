@@ -114,6 +114,9 @@ def test_shell_globs_expand_like_brace_patterns(tmp_path):
     assert expand_urls(str(data / "clip" / "{00000..00001}.tar")) == tars[:2]
     with pytest.raises(FileNotFoundError, match=r"matches no file"):
         expand_urls(str(data / "clip" / "*.tgz"))
+    literal = tmp_path / "stages=[multitask]"  # an existing path with glob characters is taken as it is
+    (data / "clip").rename(literal)
+    assert expand_urls(str(literal)) == sorted(str(p) for p in literal.glob("*.tar"))
 
 
 def test_points_stay_visible_in_a_1024_frame_preview():

@@ -11,6 +11,7 @@ from sample_layouts import sa1b_members, write_web_shards
 
 from samclip.data.clip_stream import ClipStream
 from samclip.data.sam_stream import SamStream
+from samclip.data.shards import iter_tar
 
 
 def clip_stream(urls, **overrides) -> ClipStream:
@@ -77,10 +78,11 @@ def test_same_seed_same_batches_other_seed_other_batches(synth) -> None:
     assert [x.keys for x in a] != [x.keys for x in c]
 
 
+@pytest.mark.parametrize("shuffle_buffer", [0, 6])
 @pytest.mark.parametrize("resampled", [False, True])
 @pytest.mark.parametrize("stop", [3, 8, 11])  # mid-epoch, at the epoch end, in the second epoch
-def test_clip_stream_resumes_exactly(synth, resampled: bool, stop: int) -> None:
-    options = dict(resampled=resampled, steps_per_epoch=8)
+def test_clip_stream_resumes_exactly(synth, resampled: bool, stop: int, shuffle_buffer: int) -> None:
+    options = dict(resampled=resampled, steps_per_epoch=8, shuffle_buffer=shuffle_buffer)
     expected = take(clip_stream(synth.clip_pattern, **options), 18)
     first = clip_stream(synth.clip_pattern, **options)
     seen = take(first, stop)
@@ -118,6 +120,44 @@ def test_sam_stream_resumes_exactly(synth) -> None:
             for field in ("boxes", "point_coords", "point_labels"):
                 a, b = getattr(p, field), getattr(q, field)
                 assert (a is None and b is None) or torch.equal(a, b)
+
+
+def _shard_of_key(shards: list[str]) -> dict[str, int]:
+    return {sample["__key__"]: n for n, url in enumerate(shards) for sample in iter_tar(url)}
+
+
+def test_shuffle_buffer_mixes_class_sorted_shards(tmp_path) -> None:
+    """Shards of one class each: without a buffer every batch is one shard (one class); with one, mixed."""
+    shards = write_web_shards(tmp_path, [16] * 6)
+    shard_of = _shard_of_key(shards)
+    options = dict(resolutions=[32], base_batch_size=8, num_workers=1)
+
+    def classes_per_batch(**extra) -> list[int]:
+        return [len({shard_of[k] for k in b.keys}) for b in take(clip_stream(shards, **options, **extra), 12)]
+
+    assert set(classes_per_batch()) == {1}
+    mixed = classes_per_batch(shuffle_buffer=24)
+    assert min(mixed) >= 2 and sum(mixed) / len(mixed) >= 2.5, mixed
+    # A function of (seed, epoch, rank): the same seed gives the same order, another seed another.
+    a, b = (take(clip_stream(shards, **options, shuffle_buffer=24), 6) for _ in range(2))
+    assert_same_batches(a, b)
+    c = take(clip_stream(shards, **options, shuffle_buffer=24, seed=2), 6)
+    assert [x.keys for x in a] != [x.keys for x in c]
+
+
+def test_resume_rereads_the_buffer_rather_than_refilling_it(synth) -> None:
+    stream = clip_stream(synth.clip_pattern, shuffle_buffer=6, steps_per_epoch=8)
+    take(stream, 3)
+    state = stream.state_dict()
+    assert state["shuffle_buffer"] == 6
+    # One short of full after its last draw: a buffer refills before it draws.
+    assert all(len(buffer) == 5 for worker in state["buffers"] for buffer in worker)
+    with pytest.raises(ValueError, match=r"shuffle_buffer \(saved 6, now 0\)"):
+        clip_stream(synth.clip_pattern, steps_per_epoch=8).load_state_dict(state)
+    # A checkpoint from before the buffer existed resumes a buffer-less stream exactly as before.
+    old = {k: v for k, v in clip_stream(synth.clip_pattern, steps_per_epoch=8).state_dict().items()}
+    del old["shuffle_buffer"], old["buffers"]
+    clip_stream(synth.clip_pattern, steps_per_epoch=8).load_state_dict(old)
 
 
 def test_resume_refuses_a_different_layout(synth) -> None:

@@ -104,12 +104,23 @@ def test_clip_mode_on_a_constructed_model_scores_100_and_0_when_classes_are_swap
 
 
 def test_composed_mode_without_confident_classes_predicts_background(merged, voc_root, tmp_path):
-    """A threshold no probability reaches prompts nothing: every pixel is background, whose IoU is then 0."""
+    """A threshold no probability reaches prompts nothing: with the weighted protocol every pixel is
+    background, whose IoU is then 0; with the paper's the CLIP head's argmax stands."""
     results = evaluate_semseg(
-        merged, tmp_path, layout="voc", root=str(voc_root), mode="composed", threshold=1.5
+        merged,
+        tmp_path,
+        layout="voc",
+        root=str(voc_root),
+        mode="composed",
+        threshold=1.5,
+        composed_protocol="weighted",
     )
     assert results["per_class"]["background"] == 0.0
     assert results["mIoU"] == 0.0 and results["pixel_accuracy"] == 0.0
+    assert results["composed_protocol"] == "weighted"
+    image = np.asarray(Image.open(voc_root / "JPEGImages" / "2007_000001.jpg"))
+    paper = merged.semantic_segment(image, VOC_CLASSES, mode="composed", threshold=1.5, background_index=0)
+    assert not paper.prompts and torch.equal(paper.label_map, paper.clip_logits.argmax(0))
 
 
 def test_composed_mode_is_reproducible_with_its_seed(merged, voc_root, tmp_path):

@@ -71,3 +71,24 @@ def test_shape_mismatch_is_an_error():
         cosine_distillation_loss(torch.randn(2, 8), torch.randn(2, 4))
     with pytest.raises(ValueError, match="differ"):
         mask_distillation_loss(torch.randn(2, 1, 4, 4), torch.randn(2, 3, 4, 4))
+
+
+def test_iou_score_distillation_by_hand():
+    """EdgeSAM-style (loss.sam_outputs=all): every output a unit, plus iou_weight x MSE of the scores."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    student_iou = torch.tensor([[0.5, 0.25, 1.0, 0.0]] * 3)
+    teacher_iou = torch.tensor([[1.0, 0.25, 0.5, 0.0]] * 3)
+    masks_only = mask_distillation_loss(student, teacher)
+    # Each of the 12 outputs is one unit: the [3, 4] loss equals the [12, 1] loss.
+    flat = mask_distillation_loss(student.reshape(12, 1, 8, 8), teacher.reshape(12, 1, 8, 8))
+    assert masks_only.total.item() == pytest.approx(flat.total.item(), rel=1e-6)
+    with_iou = mask_distillation_loss(
+        student, teacher, student_iou=student_iou, teacher_iou=teacher_iou, iou_weight=2.0
+    )
+    mse = (0.25 + 0 + 0.25 + 0) / 4  # (0.5-1)^2, 0, (1-0.5)^2, 0 per row, the same three rows
+    assert with_iou.iou.item() == pytest.approx(mse)
+    assert with_iou.total.item() == pytest.approx(masks_only.total.item() + 2.0 * mse, rel=1e-6)
+    assert masks_only.iou is None
+    with pytest.raises(ValueError, match="both"):
+        mask_distillation_loss(student, teacher, student_iou=student_iou)

@@ -109,7 +109,12 @@ def _target_nodes(node: object) -> list[dict]:
         [],
         ["logger=wandb", "logger.wandb.mode=disabled"],
         ["trainer=default", "trainer.device=cpu"],
-        ["loss.sam_weight=100", "loss.sam.soft_targets=true"],
+        [
+            "loss.sam_weight=100",
+            "loss.sam.soft_targets=true",
+            "loss.sam_outputs=all",
+            "loss.sam.iou_weight=2",
+        ],
         # The paper's full recipe at tiny size: its stages, batches and resolutions, tiny model and data.
         [
             "experiment=samclip_vit_b",
@@ -139,6 +144,9 @@ def test_configs_compose_and_instantiate_every_stage(
         )
         assert validator.metric_names == [f"val/{name}" for name in cfg.validation.stages[stage.name]]
         task = builder.build_task(cfg, stage, model, validator.teachers)
+        assert task.sam_outputs == cfg.loss.sam_outputs
+        if task.sam_teacher is not None:
+            assert task.sam_loss_fn.iou_weight == cfg.loss.sam.iou_weight
         assert (task.clip_teacher is not None, task.sam_teacher is not None) == (
             "clip" in stage.streams,
             "sam" in stage.streams,
@@ -161,7 +169,9 @@ def test_paper_numbers_are_in_the_full_experiment(tmp_path: Path) -> None:
     """DESIGN.md's recipe table, read back from experiment=samclip_vit_b."""
     cfg = _compose(tmp_path, "experiment=samclip_vit_b")
     hp, mt, ra = (builder.build_stage(cfg, n) for n in ("head_probe", "multitask", "res_adapt"))
-    assert (hp.trainable, mt.trainable, ra.trainable) == (["clip_head.*"], ["*"], ["clip_head.*"])
+    assert (hp.trainable, ra.trainable) == (["clip_head.*"], ["clip_head.*"])
+    # Head_SAM is the mask decoder (paper §3): the prompt encoder stays as in the SAM checkpoint.
+    assert mt.trainable == ["backbone.*", "clip_head.*", "sam_head.mask_decoder.*"]
     assert (hp.lr, mt.lr, ra.lr) == (8e-4, 4e-5, 8e-4)
     assert mt.lr_multipliers == {"backbone": 0.1, "sam_head": 0.1}
     assert (hp.schedule_epochs, mt.schedule_epochs, mt.stop_epoch, ra.schedule_epochs) == (20, 20, 16, 3)
@@ -217,6 +227,16 @@ def _final(path: Path) -> Path:
             ["stage.res_adapt.clip.resolutions=[64,100]"],
             ValueError,
             "stage.res_adapt.clip.resolutions: 100 is not a multiple of the patch size 16",
+        ),
+        (
+            ["loss.sam_outputs=multi"],
+            ValueError,
+            "loss.sam_outputs must be one of ('single', 'all'), got 'multi'",
+        ),
+        (
+            ["stage.res_adapt.clip.resolutions=[64,128]"],
+            ValueError,
+            "stage.res_adapt.clip.sam_frame_resolutions: [256] are not among stage.res_adapt.clip.resolutions",
         ),
         (
             ["stage.multitask.sam.resolution=264"],

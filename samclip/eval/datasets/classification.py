@@ -12,6 +12,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision.datasets import ImageFolder
 
+from samclip.eval.datasets.classnames import prompt_names
+
 IMAGE_KEYS = "jpg;jpeg;png;webp"
 
 
@@ -23,7 +25,7 @@ def read_classnames(
     if spec is None:
         if folder_classes is None:
             raise ValueError("eval.classnames is required for webdataset classification data")
-        return [name.replace("_", " ") for name in folder_classes]
+        return list(prompt_names([name.replace("_", " ") for name in folder_classes]))
     if isinstance(spec, str):
         if spec == "imagenet":
             return list(open_clip.IMAGENET_CLASSNAMES)
@@ -34,14 +36,34 @@ def read_classnames(
     return [str(name) for name in spec]
 
 
+class ImageFolderByNumber(ImageFolder):
+    """``ImageFolder`` whose numeric folders (ImageNet-v2's ``0..999``) are labels by number, not by name.
+
+    torchvision sorts folder names as strings ("10" before "2"); numbered folders name class indices.
+    """
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes, class_to_idx = super().find_classes(directory)
+        if not all(name.isdigit() for name in classes):
+            return classes, class_to_idx
+        classes = sorted(classes, key=int)
+        if [int(name) for name in classes] != list(range(len(classes))):
+            raise ValueError(
+                f"ImageFolder {directory}: numbered class folders must be 0..N-1, got {classes[0]}..{classes[-1]} "
+                f"with {len(classes)} folders"
+            )
+        return classes, {name: int(name) for name in classes}
+
+
 def image_folder_loader(
     root: str | Path, transform: Callable[[Image.Image], torch.Tensor], batch_size: int, num_workers: int
 ) -> tuple[DataLoader, list[str]]:
-    """``root/<class>/<image>`` (e.g. ImageNet val sorted into synset folders); returns loader and folders."""
+    """``root/<class>/<image>`` (ImageNet val in synset folders, ImageNet-v2 in ``0..999``); returns loader
+    and folders in label order."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"ImageFolder root {root} does not exist")
-    dataset = ImageFolder(str(root), transform=transform)
+    dataset = ImageFolderByNumber(str(root), transform=transform)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     return loader, list(dataset.classes)
 

@@ -65,21 +65,26 @@ assert len(VOC_CLASSES) == 21 and len(CONTEXT_CLASSES) == 60
 assert len(ADE20K_CLASSES) == 150 and len(COCO_STUFF_CLASSES) == 171
 
 
-# COCO panoptic names carry dataset-merging tags ("wall-other-merged", "door-stuff") that mean nothing to a
-# text encoder; prompts use the plain words.
-_PANOPTIC_TAGS = ("-merged", "-other", "-stuff")
+# Benchmark label names are not all words: VOC/Pascal-Context write some classes as one token
+# ("diningtable"), COCO-Stuff and COCO panoptic carry dataset-merging tags ("wall-other-merged",
+# "door-stuff"). Text prompts use the plain words, cleaned the same way for every dataset.
+_COMPOUND_WORDS = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
+_MERGING_TAGS = ("-merged", "-other", "-stuff")
 
 
-def coco_panoptic_prompt_names(names: Sequence[str]) -> tuple[str, ...]:
-    """COCO panoptic category names as text prompts: "sky-other-merged" -> "sky", "wall-brick" -> "wall brick".
-
-    A name whose plain form collides with another category's keeps its json spelling, so names stay unique.
-    """
-    plain = [_strip_panoptic_tags(name) for name in names]
+def prompt_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Label names as text prompts: "diningtable" -> "dining table", "sky-other-merged" -> "sky",
+    "wall-brick" -> "wall brick". A name whose plain form collides with another's keeps its spelling,
+    so names stay unique."""
+    plain = [_plain_name(name) for name in names]
     return tuple(short if plain.count(short) == 1 else name for name, short in zip(names, plain, strict=True))
 
 
-def _strip_panoptic_tags(name: str) -> str:
-    for tag in _PANOPTIC_TAGS:
+def _plain_name(name: str) -> str:
+    name = _COMPOUND_WORDS.get(name, name)
+    for tag in _MERGING_TAGS:
         name = name.replace(tag, "")
     return name.replace("-", " ").strip()
+
+
+coco_panoptic_prompt_names = prompt_names  # the panoptic reader's name for it

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,11 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from samclip.data.bad_samples import BadSample
+from samclip.data.images import decode_image, to_rgb
 from samclip.eval.datasets.classification import IMAGE_KEYS, _expand
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,21 +50,52 @@ def read_karpathy_split(
     return pairs
 
 
-def read_caption_shards(shards: str | Sequence[str]) -> Iterator[CaptionedImage]:
+def read_caption_shards(
+    shards: str | Sequence[str], skipped: Counter[str] | None = None
+) -> Iterator[CaptionedImage]:
     """Shards with an image and its captions: ``txt`` (one caption per line) or ``json`` (``captions`` list
-    or a ``caption`` string)."""
-    dataset = wds.WebDataset(_expand(shards), shardshuffle=False, empty_check=False).decode("pil")
+    or a ``caption`` string). A sample whose caption is not UTF-8 or whose image does not decode is skipped
+    and counted in ``skipped`` (``skipped/<kind>``), its shard and key logged."""
+    skipped = Counter() if skipped is None else skipped
+    dataset = wds.WebDataset(_expand(shards), shardshuffle=False, empty_check=False)
     for sample in dataset:
-        image = next((sample[key] for key in IMAGE_KEYS.split(";") if key in sample), None)
-        if image is None:
+        data = next((sample[key] for key in IMAGE_KEYS.split(";") if key in sample), None)
+        if data is None:
             raise ValueError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image")
-        yield CaptionedImage(image, _captions(sample))
+        try:
+            image = decode_image(data)
+            texts = {key: sample[key].decode("utf-8") for key in ("txt", "json") if key in sample}
+        except BadSample as bad:
+            _skip(skipped, bad.kind, sample, bad.detail)
+            continue
+        except UnicodeDecodeError as error:
+            _skip(skipped, "undecodable_caption", sample, str(error))
+            continue
+        yield CaptionedImage(image, _captions({**sample, **texts}))
+
+
+def _skip(skipped: Counter[str], kind: str, sample: dict, detail: str) -> None:
+    skipped[f"skipped/{kind}"] += 1
+    log.warning(
+        "retrieval: skipped sample %r in shard %s (%s: %s)",
+        sample.get("__key__"),
+        sample.get("__url__"),
+        kind,
+        detail,
+    )
 
 
 def _captions(sample: dict) -> tuple[str, ...]:
     if "txt" in sample:
         return tuple(line.strip() for line in sample["txt"].splitlines() if line.strip())
     meta = sample.get("json")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError as error:
+            raise ValueError(
+                f"sample {sample.get('__key__')} in {sample.get('__url__')}: json does not parse: {error}"
+            ) from error
     if isinstance(meta, dict):
         if isinstance(meta.get("captions"), list):
             return tuple(str(c).strip() for c in meta["captions"])
@@ -75,8 +112,7 @@ def load_image_batch(
         if isinstance(pair.image, Path):
             if not pair.image.is_file():
                 raise FileNotFoundError(f"image {pair.image} does not exist")
-            with Image.open(pair.image) as image:
-                images.append(transform(image.convert("RGB")))
+            images.append(transform(decode_image(pair.image.read_bytes())))
         else:
-            images.append(transform(pair.image.convert("RGB")))
+            images.append(transform(to_rgb(pair.image)))
     return torch.stack(images)

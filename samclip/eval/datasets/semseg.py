@@ -33,7 +33,7 @@ from samclip.eval.datasets.classnames import (
     COCO_STUFF_CLASSES,
     CONTEXT_CLASSES,
     VOC_CLASSES,
-    coco_panoptic_prompt_names,
+    prompt_names,
 )
 from samclip.eval.metrics import IGNORE_INDEX
 
@@ -55,6 +55,11 @@ class SegmentationDataset:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """The class names the text encoder sees (``classnames.prompt_names``); reports keep ``classnames``."""
+        return prompt_names(self.classnames)
 
     def __iter__(self) -> Iterator[SegmentationSample]:
         for image_path, label_path in self.pairs:
@@ -219,7 +224,7 @@ def coco_panoptic(
     if not pairs:
         raise ValueError(f"{json_path} lists no annotations")
     _check_exist(pairs)
-    names = coco_panoptic_prompt_names([category["name"] for category in spec["categories"]])
+    names = prompt_names([category["name"] for category in spec["categories"]])
     name = "coco_panoptic_nocrowd" if ignore_crowd else "coco_panoptic"
     return PanopticSegmentationDataset(name, names, pairs, _identity, segment_classes=segment_classes)
 

@@ -3,6 +3,12 @@
 This is the one place that knows the teacher/student contract: teachers are frozen, in eval mode
 and run under ``no_grad``; the student sees the same images (and, for SAM, the same prompts); each
 loss is a mean over its units (images for L_clip, masks for L_sam).
+
+A trainable parameter that no loss reaches (the hypernetwork MLPs of mask outputs that are not
+distilled, the IoU head when the scores are not, the mask-input encoder when no mask prompt is
+sampled) would still be shrunk by AdamW's decoupled weight decay, since a slice of the decoder's
+output hands it an exactly-zero gradient rather than none. :meth:`SamClipTask.freeze_without_loss_path`
+finds them with one probe backward and freezes them, so they stay bit-identical.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from torch import nn
 
 from samclip.losses import CosineDistillationLoss, MaskDistillationLoss, MaskLoss
 from samclip.models import SamClipModel, SamClipOutput, SamPrompts
+from samclip.models.sam_head import SamHeadOutput
 from samclip.models.teachers import ClipTeacher, SamTeacher
 
 StudentForward = Callable[..., SamClipOutput]
+SAM_OUTPUTS = ("single", "all")
 
 
 class SamClipTask:
@@ -31,7 +39,12 @@ class SamClipTask:
         sam_loss: nn.Module | None = None,
         clip_weight: float = 1.0,
         sam_weight: float = 10.0,
+        sam_outputs: str = "single",
     ) -> None:
+        """``sam_outputs``: ``single`` distils SAM's single-mask output (SAM-CLIP); ``all`` distils all four
+        mask outputs and the IoU predictions (EdgeSAM-style), keeping ``multimask`` and scores calibrated."""
+        if sam_outputs not in SAM_OUTPUTS:
+            raise ValueError(f"loss.sam_outputs must be one of {SAM_OUTPUTS}, got {sam_outputs!r}")
         if clip_teacher is not None and clip_teacher.embed_dim != student.config.clip_embed_dim:
             raise ValueError(
                 f"the CLIP teacher {clip_teacher.model_name} embeds in {clip_teacher.embed_dim} dimensions but "
@@ -43,6 +56,7 @@ class SamClipTask:
         self.clip_loss_fn = clip_loss if clip_loss is not None else CosineDistillationLoss()
         self.sam_loss_fn = sam_loss if sam_loss is not None else MaskDistillationLoss()
         self.weights = {"clip": float(clip_weight), "sam": float(sam_weight)}
+        self.sam_outputs = sam_outputs
 
     def to(self, device: torch.device) -> SamClipTask:
         for module in (self.student, self.clip_teacher, self.sam_teacher):
@@ -69,7 +83,72 @@ class SamClipTask:
         """L_sam on one micro-batch: focal + dice per mask against the SAM teacher, for the same prompts."""
         if self.sam_teacher is None:
             raise ValueError("this stage uses the sam stream but no SAM teacher was built (teacher.sam)")
+        all_outputs = self.sam_outputs == "all"
         with torch.no_grad():
-            target = self.sam_teacher(images, prompts, multimask=False).low_res_logits
-        logits = student(images, list(prompts), clip=False).sam.low_res_logits
-        return self.sam_loss_fn(logits, target)
+            target = self.sam_teacher(images, prompts, all_outputs=all_outputs)
+        output = student(images, list(prompts), clip=False, all_outputs=all_outputs).sam
+        return self._sam_objective(output, target)
+
+    def _sam_objective(self, student: SamHeadOutput, teacher: SamHeadOutput) -> MaskLoss:
+        if self.sam_outputs == "all":
+            return self.sam_loss_fn(
+                student.low_res_logits,
+                teacher.low_res_logits,
+                student.iou_predictions,
+                teacher.iou_predictions,
+            )
+        return self.sam_loss_fn(student.low_res_logits, teacher.low_res_logits)
+
+    def freeze_without_loss_path(self, streams: Sequence[str]) -> list[str]:
+        """Freeze the trainable student parameters that no loss of ``streams`` reaches; their names.
+
+        One probe backward of each stream's objective on random inputs (random targets in place of the
+        teachers'): a parameter whose gradient is missing or exactly zero has no loss path. The SAM probe
+        uses the prompt kinds D_SAM samples (a box group and a foreground-point group, no mask inputs;
+        ``samclip.data.prompts_sampling``). The student is left in its mode, its gradients cleared.
+        """
+        student, config = self.student, self.student.config
+        trainable = {name: p for name, p in student.named_parameters() if p.requires_grad}
+        if not trainable:
+            return []
+        device = next(iter(trainable.values())).device
+        generator = torch.Generator(device="cpu").manual_seed(0)
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=generator).to(device)
+
+        was_training = student.training
+        student.eval()  # no dropout / drop-path draws from the global RNG
+        student.zero_grad(set_to_none=True)
+        try:
+            if "clip" in streams:
+                side = 4 * config.patch_size
+                embeds = student(rand(2, 3, side, side), None, clip=True).clip.image_embeds
+                self.clip_loss_fn(embeds, rand(*embeds.shape) - 0.5).backward()
+            if "sam" in streams:
+                frame = config.image_size
+                corner = rand(2, 2) * frame / 2
+                prompts = [
+                    SamPrompts(0, boxes=torch.cat([corner, corner + frame / 4], dim=1)),
+                    SamPrompts(
+                        0,
+                        point_coords=rand(2, 2, 2) * frame,
+                        point_labels=torch.ones(2, 2, dtype=torch.int64, device=device),
+                    ),
+                ]
+                output = student(
+                    rand(1, 3, frame, frame), prompts, clip=False, all_outputs=self.sam_outputs == "all"
+                ).sam
+                target = SamHeadOutput(
+                    rand(*output.low_res_logits.shape) * 8 - 4,
+                    rand(*output.iou_predictions.shape),
+                    output.image_index,
+                )
+                self._sam_objective(output, target).total.backward()
+            unreached = [name for name, p in trainable.items() if p.grad is None or not p.grad.any()]
+        finally:
+            student.zero_grad(set_to_none=True)
+            student.train(was_training)
+        for name in unreached:
+            trainable[name].requires_grad_(False)
+        return unreached
