@@ -16,6 +16,7 @@ def _synth(args: argparse.Namespace) -> None:
     data = make_synthetic_data(args.out, seed=args.seed)
     print(f"D_CLIP: {len(data.clip_shards)} shards, {data.clip_pattern}")
     print(f"D_SAM:  {len(data.sam_shards)} tars, {data.sam_pattern}")
+    print(f"SA-1B held-out split: {data.sam_train_manifest}, {data.sam_val_manifest}")
 
 
 def _sa1b_manifest(args: argparse.Namespace) -> None:

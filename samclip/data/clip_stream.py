@@ -11,6 +11,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from samclip.data.batches import ClipBatch
+from samclip.data.holdout import KeyHoldout
 from samclip.data.images import decode_image, image_bytes, to_tensor
 from samclip.data.resolution import VariableResolutionSchedule
 from samclip.data.shards import count_samples, expand_urls
@@ -97,12 +98,17 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         train: bool,
         crop_scale: tuple[float, float],
         sam_frame_resolutions: frozenset[int] = frozenset(),
+        holdout: KeyHoldout | None = None,
     ) -> None:
         self.schedule = schedule
         self.weights = weights
         self.train = train
         self.crop_scale = crop_scale
         self.sam_frame_resolutions = sam_frame_resolutions
+        self.holdout = holdout or KeyHoldout()
+
+    def keep_key(self, key: str) -> bool:
+        return self.holdout.keep(key)
 
     def build(self, global_step: int, reader: SampleReader, rng: np.random.Generator) -> ClipBatch:
         resolution, batch_size = self.schedule.per_rank_at(global_step)
@@ -148,6 +154,9 @@ class ClipStream(ShardedStream[ClipBatch]):
     shard); it mixes across about ``shuffle_buffer / samples_per_shard`` shards, so class-sorted shards
     need a buffer of several shards. Batches at ``sam_frame_resolutions`` are framed as SAM frames its
     input (see ``clip_train_transform``), so that a head trained there sees what composed inference feeds it.
+    ``split`` = ``train`` / ``held_out`` keeps the samples whose key is outside / inside the held-out
+    ``holdout_fraction`` (a keyed hash of the key with ``holdout_seed``; see ``samclip.data.holdout``);
+    ``all`` keeps every sample. A counted ``num_samples`` counts only the kept keys.
     """
 
     def __init__(
@@ -166,6 +175,9 @@ class ClipStream(ShardedStream[ClipBatch]):
         steps_per_epoch: int | None = None,
         train: bool = True,
         crop_scale: Sequence[float] = (0.9, 1.0),
+        holdout_fraction: float = 0.0,
+        holdout_seed: int = 0,
+        split: str = "all",
         max_skip_fraction: float = 0.1,
         skip_rate_min_samples: int = 200,
         prefetch_factor: int = 2,
@@ -178,6 +190,7 @@ class ClipStream(ShardedStream[ClipBatch]):
             raise ValueError(
                 f"sam_frame_resolutions {outside} are not among the resolutions {list(resolutions)}"
             )
+        holdout = KeyHoldout(float(holdout_fraction), int(holdout_seed), split)
         self.schedule = VariableResolutionSchedule(
             resolutions, base_batch_size, base_resolution, seed, world_size
         )
@@ -186,12 +199,19 @@ class ClipStream(ShardedStream[ClipBatch]):
             num_samples,
             resampled,
             self.schedule.mean_global_batch_size,
-            lambda: sum(count_samples(s, desc="counting D_CLIP samples") for s in sources),
+            lambda: sum(
+                count_samples(s, desc="counting D_CLIP samples", keep_key=holdout.keep) for s in sources
+            ),
         )
         scale = (float(crop_scale[0]), float(crop_scale[1]))
         super().__init__(
             ClipBatchBuilder(
-                self.schedule, probabilities, train, scale, frozenset(int(r) for r in sam_frame_resolutions)
+                self.schedule,
+                probabilities,
+                train,
+                scale,
+                frozenset(int(r) for r in sam_frame_resolutions),
+                holdout,
             ),
             sources,
             steps_per_epoch=steps_per_epoch,

@@ -181,14 +181,17 @@ def iter_shard(url: str, start: int, stride: int, offset: int) -> Iterator[tuple
             yield index, sample
 
 
-def count_samples(urls: Sequence[str], desc: str = "counting samples") -> int:
-    """Number of samples (distinct keys) in local tars or directories, from tar headers only."""
+def count_samples(
+    urls: Sequence[str], desc: str = "counting samples", keep_key: Callable[[str], bool] | None = None
+) -> int:
+    """Number of samples (distinct keys, those ``keep_key`` keeps) in local tars or directories, from tar headers."""
     total = 0
     for url in tqdm(urls, desc=desc, disable=len(urls) < 50, unit="shard"):
         if not is_local(url):
             raise ValueError(f"cannot count the samples of {url}: give num_samples for non-local shards")
         if os.path.isdir(url):
-            total += len(list_directory_samples(url))
+            keys = {key for key, _ in list_directory_samples(url)}
+            total += len(keys if keep_key is None else [k for k in keys if keep_key(k)])
             continue
         keys = set()
         try:
@@ -199,7 +202,7 @@ def count_samples(urls: Sequence[str], desc: str = "counting samples") -> int:
                         keys.add(key)
         except (tarfile.TarError, OSError) as exn:
             raise ValueError(f"cannot read shard {url} to count its samples: {exn}") from exn
-        total += len(keys)
+        total += len(keys if keep_key is None else [k for k in keys if keep_key(k)])
     return total
 
 

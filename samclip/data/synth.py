@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from samclip.data.manifest import split_subset, write_manifest
+
 SHAPES = ("ellipse", "rectangle", "polygon")
 
 
@@ -131,6 +133,8 @@ class SyntheticData:
     root: str
     clip_shards: list[str]
     sam_shards: list[str]
+    sam_train_manifest: str | None = None  # ``samclip-data sa1b-manifest``'s train.txt / val.txt
+    sam_val_manifest: str | None = None
 
     @property
     def clip_pattern(self) -> str:
@@ -232,8 +236,13 @@ def make_synthetic_data(
     sam_images_per_shard: int = 6,
     sam_size_range: tuple[int, int] = (96, 192),
     sam_masks_per_image: int = 6,
+    sam_val_fraction: float = 0.25,
 ) -> SyntheticData:
-    """Write ``out_dir/clip/{00000..}.tar`` and ``out_dir/sam/sa_{000000..}.tar``; same seed, same bytes."""
+    """Write ``out_dir/clip/{00000..}.tar`` and ``out_dir/sam/sa_{000000..}.tar``; same seed, same bytes.
+
+    ``sam/train.txt`` and ``sam/val.txt`` split the SA-1B images as ``samclip-data sa1b-manifest`` does,
+    ``sam_val_fraction`` of them held out (D_CLIP is split by key hash in the stream, nothing to write).
+    """
     clip = write_clip_shards(
         os.path.join(out_dir, "clip"), seed, num_clip_shards, clip_samples_per_shard, clip_size_range
     )
@@ -245,4 +254,15 @@ def make_synthetic_data(
         sam_size_range,
         sam_masks_per_image,
     )
-    return SyntheticData(os.path.abspath(out_dir), clip, sam)
+    num_images = num_sam_shards * sam_images_per_shard
+    train_ids, val_ids = split_subset(range(1, num_images + 1), 1.0, sam_val_fraction, seed)
+    train_manifest, val_manifest = (os.path.join(out_dir, "sam", n) for n in ("train.txt", "val.txt"))
+    write_manifest(train_manifest, train_ids)
+    write_manifest(val_manifest, val_ids)
+    return SyntheticData(
+        os.path.abspath(out_dir),
+        clip,
+        sam,
+        os.path.abspath(train_manifest),
+        os.path.abspath(val_manifest),
+    )

@@ -7,6 +7,7 @@ stage, bad resolution or batch, a trained head without loss, missing files) run 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,13 @@ from samclip.train.stages import Stage
 from samclip.train.tasks.base import Task
 from samclip.train.tasks.sam_clip import SAM_OUTPUTS
 from samclip.train.tracking import Tracker, WandbLogger
+from samclip.train.validation import PREFIX, BestCheckpoint, Validator, check_keep_best
 
 FINAL_NAME = "final.pt"
 # Keys of the model config naming weight files it starts from (unused when starting from a final.pt).
 _INITIAL_WEIGHT_KEYS = ("sam_checkpoint", "clip_pretrained")
 # Keys of data.<stream> that configure the trainer's use of a stream, not the stream itself.
-_TRAINER_STREAM_KEYS = ("micro_batch_size",)
+_TRAINER_STREAM_KEYS = ("micro_batch_size", "val_manifest")
 
 
 def build_stage(cfg: DictConfig, name: str) -> Stage:
@@ -107,6 +109,7 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
                     f"stage.{stage.name}.{stream}.resolution: {spec.resolution} differs from the model's SAM "
                     f"frame {model.config.image_size} (model {cfg.model.name})"
                 )
+    check_validation(cfg, stages)
     for index, stage in enumerate(stages):
         if (
             final_path(run_dir, stage.name).is_file()
@@ -147,11 +150,12 @@ def build_model(cfg: DictConfig, *, from_sam_checkpoint: bool) -> SamClipModel:
     return instantiate(cfg.model, **{key: None for key in _INITIAL_WEIGHT_KEYS if key in cfg.model})
 
 
-def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> Task:
+def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel, teachers: Sequence[str] = ()) -> Task:
     """The stage's recipe task (``cfg.tasks[stage.task]``, built by its ``_target_``) around the student.
 
     ``stream_parts`` names, per stream, the task arguments only that stream needs (its teacher and
-    loss): for a stage without that stream they are not built (passed as None).
+    loss): for a stage without that stream they are not built (passed as None), unless validation uses
+    that stream's teacher (``teachers``, from ``Validator.teachers``).
     """
     if stage.task not in cfg.tasks:
         raise ValueError(
@@ -160,7 +164,7 @@ def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel) -> Task:
     node = OmegaConf.to_container(cfg.tasks[stage.task], resolve=True)
     stream_parts = node.pop("stream_parts", None) or {}
     for stream, keys in stream_parts.items():
-        if stream not in stage.streams:
+        if stream not in stage.streams and stream not in teachers:
             node.update(dict.fromkeys(keys))
     return instantiate(node, student=student)
 
@@ -185,6 +189,116 @@ def build_streams(cfg: DictConfig, stage: Stage, env: DistEnv) -> dict[str, Any]
             _stream_node(cfg.data[name]), **stage.stream_spec(name).stream_kwargs(), **common
         )
     return streams
+
+
+def validation_evaluators(cfg: DictConfig, stage: str) -> list[str]:
+    """Names of the evaluators ``validation.stages.<stage>`` runs (none without a validation config)."""
+    validation = cfg.get("validation")
+    if validation is None or validation.get("stages") is None:
+        return []
+    return list(validation.stages.get(stage) or [])
+
+
+def check_validation(cfg: DictConfig, stages: Sequence[Stage]) -> None:
+    """Unknown evaluator or stage names, a keep_best nothing produces, a held-out split training reads."""
+    validation = cfg.get("validation")
+    produced = []
+    if validation is not None:
+        if int(validation.every_steps) < 0:
+            raise ValueError(
+                f"validation.every_steps must be >= 0 (0 = only at the end), got {validation.every_steps}"
+            )
+        for stage_name in validation.get("stages") or {}:
+            if stage_name not in cfg.stage:
+                raise ValueError(
+                    f"validation.stages: unknown stage {stage_name!r}; available: {list(cfg.stage)}"
+                )
+        for stage in stages:
+            for name in validation_evaluators(cfg, stage.name):
+                if name not in (validation.get("evaluators") or {}):
+                    raise ValueError(
+                        f"validation.stages.{stage.name}: unknown evaluator {name!r}; "
+                        f"available: {list(validation.get('evaluators') or {})}"
+                    )
+                if validation.evaluators[name].get("data") is not None:
+                    _check_held_out(cfg, name, validation.evaluators[name].data)
+                produced.append(f"{PREFIX}{name}")
+    check_keep_best(cfg.checkpoint.get("keep_best"), produced)
+
+
+def _check_held_out(cfg: DictConfig, name: str, data: DictConfig) -> None:
+    """The evaluator's samples must be ones the training stream of the same data never reads."""
+    key = f"validation.evaluators.{name}.data"
+    target = str(data.get("_target_", ""))
+    if target.endswith("ClipStream"):
+        train = cfg.data.clip
+        if data.get("split", "all") == "all":
+            if data.urls == train.urls:
+                raise ValueError(
+                    f"{key}: reads the training shards data.clip.urls with split=all (use held_out)"
+                )
+            return
+        held_out = (data.get("holdout_fraction"), data.get("holdout_seed", 0))
+        if (
+            train.get("split", "all") != "train"
+            or (train.get("holdout_fraction"), train.get("holdout_seed", 0)) != held_out
+        ):
+            raise ValueError(
+                f"{key}: holds out (fraction, seed) = {held_out} but data.clip reads split="
+                f"{train.get('split', 'all')} with ({train.get('holdout_fraction')}, {train.get('holdout_seed', 0)}): "
+                "training would read held-out samples"
+            )
+    elif target.endswith("SamStream") and data.urls == cfg.data.sam.urls:
+        if data.get("manifest") is None or cfg.data.sam.get("manifest") is None:
+            raise ValueError(
+                f"{key}: validation and training read the same SA-1B shards, so both need manifests "
+                "(data.sam.manifest = train.txt, data.sam.val_manifest = val.txt of samclip-data sa1b-manifest)"
+            )
+        if data.manifest == cfg.data.sam.manifest:
+            raise ValueError(f"{key}.manifest: {data.manifest} is the training manifest data.sam.manifest")
+
+
+def build_validator(
+    cfg: DictConfig,
+    stage: Stage,
+    env: DistEnv,
+    directory: Path,
+    *,
+    image_size: int,
+    save_best: Callable[[Path, int], None],
+    autocast: torch.dtype | None = None,
+) -> Validator | None:
+    """The stage's evaluators on their held-out streams, and its best-checkpoint keeping; None if it validates nothing."""
+    names = validation_evaluators(cfg, stage.name)
+    if not names:
+        return None
+    evaluators = {}
+    for name in names:
+        node = cfg.validation.evaluators[name]
+        if node.get("data") is None:  # the evaluator reads its own files (zeroshot_top1's ImageFolder)
+            evaluators[name] = instantiate(node, rank=env.rank, world_size=env.world_size)
+            continue
+        num_batches = int(node.num_batches)
+        data = OmegaConf.to_container(node.data, resolve=True)
+        extras: dict[str, Any] = {
+            "seed": int(cfg.validation.seed),
+            "rank": env.rank,
+            "world_size": env.world_size,
+            "steps_per_epoch": num_batches,
+        }
+        if str(data["_target_"]).endswith("SamStream"):
+            extras["image_size"] = image_size
+        try:
+            stream = instantiate(data, **extras)
+        except ValueError as error:
+            raise ValueError(f"validation.evaluators.{name}.data: {error}") from error
+        settings = {k: v for k, v in node.items() if k != "data"}
+        evaluators[name] = instantiate(OmegaConf.create(settings), data=stream)
+    validator = Validator(evaluators, int(cfg.validation.every_steps), autocast_dtype=autocast)
+    metric = cfg.checkpoint.get("keep_best")
+    if metric is not None and metric in validator.metric_names:
+        validator.best = BestCheckpoint(directory, metric, cfg.checkpoint.keep_best_mode, save_best)
+    return validator
 
 
 def micro_batch_sizes(cfg: DictConfig) -> dict[str, int]:

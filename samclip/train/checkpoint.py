@@ -45,6 +45,7 @@ class StageState:
 
     step: int = 0
     counters: LoopCounters = field(default_factory=LoopCounters)
+    best: dict[str, Any] | None = None  # the kept best validation record (metric, mode, step, value)
 
 
 class Checkpointer:
@@ -193,6 +194,7 @@ def training_state(
         "stage": stage,
         "step": loop_state.step,
         "counters": asdict(loop_state.counters),
+        "best": loop_state.best,
         "student": {key: value.detach().cpu() for key, value in student.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -250,7 +252,7 @@ def restore_training_state(
         set_rng_state(checkpoint["rng"][env.rank])
     else:
         _map_to_world_size(path, checkpoint, streams, env)
-    return StageState(int(checkpoint["step"]), LoopCounters(**checkpoint["counters"]))
+    return StageState(int(checkpoint["step"]), LoopCounters(**checkpoint["counters"]), checkpoint.get("best"))
 
 
 def _map_to_world_size(

@@ -16,6 +16,7 @@ from samclip.train.distributed import DistEnv, all_reduce_sum
 from samclip.train.step import StepLosses, forward_backward
 from samclip.train.tasks.base import Task
 from samclip.train.tracking import Tracker
+from samclip.train.validation import Validator
 
 
 class NonFiniteLossError(RuntimeError):
@@ -45,6 +46,7 @@ def train_stage(
     tracker: Tracker,
     checkpointer: Checkpointer,
     extra_state: Mapping[str, Any] | None = None,
+    validator: Validator | None = None,
 ) -> StageState:
     """Run optimizer steps ``state.step + 1 .. last_step``; ``student`` is the (possibly DDP-wrapped) trainee."""
     params = [p for p in task.student.parameters() if p.requires_grad]
@@ -77,6 +79,9 @@ def train_stage(
             metrics = _metrics(losses, grad_norm, optimizer, state, resolution)
             tracker.log(state.step, {**metrics, **_skipped_samples(streams, env)})
         scheduler.step()  # after logging, so that the logged lrs are the ones this step used
+        if validator is not None and validator.due(state.step, last_step):
+            # Before the checkpoint of the same step, which then holds this validation's best record.
+            state.best = validator.validate(task, state.step, env, tracker, state.best)
         if checkpointer.due(state.step, last_step):
             checkpoint = training_state(
                 task.student,

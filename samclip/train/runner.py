@@ -90,7 +90,18 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     model = _build_student(
         cfg, stage, from_sam_checkpoint=resume_path is None and source is None, source=source
     )
-    task = builder.build_task(cfg, stage, model).to(env.device)
+    spec = builder.clip_teacher_spec(cfg)
+    validator = builder.build_validator(
+        cfg,
+        stage,
+        env,
+        directory,
+        image_size=model.config.image_size,
+        save_best=lambda path, step: save_final_checkpoint(path, model, spec, stage.name, step),
+        autocast=builder.autocast_dtype(cfg, env.device),
+    )
+    teachers = validator.teachers if validator is not None else ()
+    task = builder.build_task(cfg, stage, model, teachers).to(env.device)
     # Before the optimizer: a parameter no loss reaches must not be decayed (nor registered with DDP).
     frozen = task.freeze_without_loss_path(stage.streams)
     if frozen:
@@ -140,12 +151,13 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
             tracker=tracker,
             checkpointer=checkpointer,
             extra_state={"config": builder.resolved_config(cfg)},
+            validator=validator,
         )
     finally:
         tracker.close()
     if env.is_main:
         final = builder.final_path(run_dir, stage.name)
-        save_final_checkpoint(final, model, builder.clip_teacher_spec(cfg), stage.name, state.step)
+        save_final_checkpoint(final, model, spec, stage.name, state.step)
         log.info("%s: done at step %d, wrote %s", stage.name, state.step, final)
     barrier(env)
 

@@ -29,7 +29,12 @@ def prepare_smoke_assets(
     seed: int = 0,
 ) -> None:
     """Write whatever of the data, the CLIP teacher and the SAM teacher is missing (same seed, same files)."""
-    if not (Path(data_dir) / "clip").is_dir() or not (Path(data_dir) / "sam").is_dir():
+    needed = (
+        Path(data_dir) / "clip",
+        Path(data_dir) / "sam" / "train.txt",
+        Path(data_dir) / "sam" / "val.txt",
+    )
+    if not all(path.exists() for path in needed):
         log.info("smoke: writing synthetic D_CLIP and SA-1B shards to %s", data_dir)
         make_synthetic_data(data_dir, seed=seed)
     if not Path(clip_teacher).is_file():

@@ -155,6 +155,23 @@ class Tracker:
                 rates,
             )
 
+    def log_validation(self, step: int, metrics: dict[str, Any], seconds: float) -> None:
+        """Append one ``val/...`` line; its ``seconds`` are kept out of the training throughput."""
+        self.window_start += seconds
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, "stage": self.stage, **metrics}) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({f"{self.stage}/{k}": v for k, v in metrics.items()}, step)
+        log.info(
+            "%s step %d validation: %s (%.1f s)",
+            self.stage,
+            step,
+            ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+            seconds,
+        )
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -30,6 +30,7 @@ GROUPS = (
     "trainer",
     "checkpoint",
     "logger",
+    "validation",
     "experiment",
 )
 
@@ -60,6 +61,8 @@ def _with_assets(assets: Path) -> list[str]:
     return [
         f"data.clip.urls='{assets}/data/clip/{{00000..00003}}.tar'",
         f"data.sam.urls=[{assets}/data/sam/sa_000000.tar,{assets}/data/sam/sa_000001.tar]",
+        f"data.sam.manifest={assets}/data/sam/train.txt",
+        f"data.sam.val_manifest={assets}/data/sam/val.txt",
         f"teacher.clip.pretrained={assets}/teachers/clip_tiny.pt",
         f"teacher.sam.checkpoint={assets}/teachers/sam_tiny.pth",
         "prepare=null",
@@ -79,7 +82,7 @@ def test_every_group_option_is_listed_and_its_targets_accept_their_keys() -> Non
                 kwargs = {
                     k: v
                     for k, v in target_node.items()
-                    if not k.startswith("_") and k not in ("micro_batch_size", "stream_parts")
+                    if not k.startswith("_") and k not in (*builder._TRAINER_STREAM_KEYS, "stream_parts")
                 }
                 inspect.signature(target).bind_partial(**kwargs)
     assert found == set(GROUPS)
@@ -138,7 +141,11 @@ def test_configs_compose_and_instantiate_every_stage(
     builder.check_files(cfg, stages)
     for stage in stages:
         model = builder.build_model(cfg, from_sam_checkpoint=stage.previous is None)
-        task = builder.build_task(cfg, stage, model)
+        validator = builder.build_validator(
+            cfg, stage, ENV, run_dir / stage.name, image_size=model.config.image_size, save_best=print
+        )
+        assert validator.metric_names == [f"val/{name}" for name in cfg.validation.stages[stage.name]]
+        task = builder.build_task(cfg, stage, model, validator.teachers)
         assert task.sam_outputs == cfg.loss.sam_outputs
         if task.sam_teacher is not None:
             assert task.sam_loss_fn.iou_weight == cfg.loss.sam.iou_weight
@@ -262,6 +269,33 @@ def _final(path: Path) -> Path:
             "model.sam_checkpoint: /nonexistent/sam.pth does not exist",
         ),
         (["data.clip.micro_batch_size=0"], ValueError, "data.clip.micro_batch_size must be >= 1"),
+        (
+            ["validation.stages.multitask=[clip_cosine,zeroshot]"],
+            ValueError,
+            "validation.stages.multitask: unknown evaluator 'zeroshot'",
+        ),
+        (["validation.every_steps=-1"], ValueError, "validation.every_steps must be >= 0"),
+        (
+            ["checkpoint.keep_best=val/zeroshot_top1"],
+            ValueError,
+            "checkpoint.keep_best: val/zeroshot_top1 is not produced by the validation of any stage",
+        ),
+        (
+            ["stages=[head_probe]", "checkpoint.keep_best=val/sam_iou_to_teacher"],
+            ValueError,
+            "checkpoint.keep_best: val/sam_iou_to_teacher is not produced",
+        ),
+        (
+            ["data.clip.split=all"],
+            ValueError,
+            "validation.evaluators.clip_cosine.data: holds out (fraction, seed) = (0.25, 0) but data.clip "
+            "reads split=all",
+        ),
+        (
+            ["data.sam.manifest=null"],
+            ValueError,
+            "validation.evaluators.sam_iou_to_teacher.data: validation and training read the same SA-1B shards",
+        ),
         (["trainer.precision=fp16"], ValueError, "trainer.precision must be auto, bf16 or fp32, got 'fp16'"),
     ],
 )
@@ -348,3 +382,27 @@ def _literal(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_zeroshot_top1_composes_for_a_stage_that_lists_it(tmp_path: Path, assets: Path) -> None:
+    from PIL import Image
+
+    from samclip.train.validation import ZeroshotTop1
+
+    for name in ("cat", "dog"):
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "folder" / name / "0.png")
+    cfg = _compose(
+        tmp_path,
+        *_with_assets(assets),
+        "validation.stages.res_adapt=[zeroshot_top1]",
+        f"validation.evaluators.zeroshot_top1.root={tmp_path / 'folder'}",
+        "validation.evaluators.zeroshot_top1.resolution=64",
+    )
+    stages = builder.plan_run(cfg, ENV, Path(cfg.run_dir))
+    validator = builder.build_validator(
+        cfg, stages[2], ENV, tmp_path / "res_adapt", image_size=256, save_best=print
+    )
+    (evaluator,) = validator.evaluators.values()
+    assert isinstance(evaluator, ZeroshotTop1) and evaluator.classnames == ["cat", "dog"]
+    assert validator.teachers == ("clip",)

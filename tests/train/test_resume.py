@@ -88,7 +88,8 @@ def test_training_state_round_trip_restores_counters_rng_and_streams(tmp_path: P
     optimizer.step()
     scheduler.step()
     next(iter(streams["clip"]))
-    state = StageState(step=5, counters=LoopCounters(skipped_steps=2, consecutive_nonfinite=1))
+    best = {"metric": "val/sam_iou_to_teacher", "mode": "max", "step": 4, "value": 0.9}
+    state = StageState(step=5, counters=LoopCounters(skipped_steps=2, consecutive_nonfinite=1), best=best)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     saved = training_state(
         student, optimizer, scheduler, streams, state, stage="multitask", env=env, extra={}
@@ -123,6 +124,7 @@ def _train_cmd(run_dir: Path, *overrides: str) -> list[str]:
         "stage.multitask.stop_step=4",
         "checkpoint.every_steps=1",
         "checkpoint.keep_last=3",
+        "validation.every_steps=2",  # validations (and a kept best.pt) before and after the kill
         *overrides,
     ]
 
@@ -159,3 +161,12 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_and_matches(tmp_path: Pa
     _assert_same_tensors(a["model"], b["model"], "model")
     straight_metrics = _without_timing(read_metrics(straight / "multitask" / "metrics.jsonl"))
     assert _without_timing(read_metrics(killed / "multitask" / "metrics.jsonl")) == straight_metrics
+    assert [m["step"] for m in straight_metrics if "val/sam_iou_to_teacher" in m] == [2, 4]
+    assert (killed / "multitask" / "best.json").read_text() == (
+        straight / "multitask" / "best.json"
+    ).read_text()
+    _assert_same_tensors(
+        torch.load(straight / "multitask" / "best.pt")["model"],
+        torch.load(killed / "multitask" / "best.pt")["model"],
+        "best",
+    )

@@ -38,6 +38,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_smoke_runs_all_three_stages(smoke_run: Path) -> None:
     expected_steps = {"head_probe": 12, "multitask": 8, "res_adapt": 6}  # configs/experiment/smoke.yaml
+    expected_validations = {"head_probe": [4, 8, 12], "multitask": [4, 8], "res_adapt": [4, 6]}
     for stage in STAGES:
         final = load_final_checkpoint(smoke_run / stage / "final.pt")
         assert (final.stage, final.step) == (stage, expected_steps[stage])
@@ -45,8 +46,14 @@ def test_smoke_runs_all_three_stages(smoke_run: Path) -> None:
         assert model.config.image_size == 256
         # The text encoder's source is a teacher file inside the run dir, loadable by path.
         assert final.clip_teacher.pretrained == str(smoke_run / "teachers" / "clip_tiny.pt")
-        metrics = read_metrics(smoke_run / stage / "metrics.jsonl")
+        lines = read_metrics(smoke_run / stage / "metrics.jsonl")
+        metrics = [m for m in lines if "loss" in m]
         assert [m["step"] for m in metrics] == list(range(1, expected_steps[stage] + 1))
+        # Validation is on by default: every 4 steps and at the stage's end, on held-out data.
+        validations = [m for m in lines if "loss" not in m]
+        assert [m["step"] for m in validations] == expected_validations[stage]
+        names = ["val/clip_cosine", "val/sam_iou_to_teacher"] if stage == "multitask" else ["val/clip_cosine"]
+        assert all(sorted(k for k in m if k.startswith("val/")) == names for m in validations)
         for line in metrics:
             assert line["stage"] == stage
             for key in (
@@ -64,10 +71,10 @@ def test_smoke_runs_all_three_stages(smoke_run: Path) -> None:
         has_sam = stage == "multitask"
         assert all((m["loss_sam"] is not None) == has_sam for m in metrics)
         with Image.open(smoke_run / stage / "curves.png") as curves:  # the curves, drawn for people
-            # A grid of up to 4 panels a row: losses, grad norm, learning rates, throughput.
+            # Up to 4 panels a row: losses, grad norm, learning rates, throughput, val/ metrics.
             assert curves.format == "PNG" and curves.width > 1.5 * curves.height
     # Head probing learns: the CLIP head moves toward the teacher over its 12 steps.
-    head_probe_metrics = read_metrics(smoke_run / "head_probe" / "metrics.jsonl")
+    head_probe_metrics = [m for m in read_metrics(smoke_run / "head_probe" / "metrics.jsonl") if "loss" in m]
     assert head_probe_metrics[-1]["loss_clip"] < 0.8 * head_probe_metrics[0]["loss_clip"]
     teacher = ClipTeacher("samclip-tiny-clip", str(smoke_run / "teachers" / "clip_tiny.pt"))
     assert teacher.embed_dim == 32

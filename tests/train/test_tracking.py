@@ -38,6 +38,37 @@ def test_metrics_lines_and_truncation_on_resume(tmp_path: Path) -> None:
     assert not other.exists()
 
 
+def test_validation_lines_are_their_own_and_their_time_is_not_throughput(tmp_path: Path) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.logged: list = []
+
+        def log(self, metrics: dict, step: int) -> None:
+            self.logged.append((step, metrics))
+
+        def close(self) -> None:
+            pass
+
+    wandb = Recorder()
+    tracker = Tracker(
+        tmp_path, "multitask", enabled=True, log_every=1, last_step=4, progress=False, wandb=wandb
+    )
+    tracker.count_images(clip=8, sam=2)
+    tracker.log(2, {"loss": 1.0})
+    start = tracker.window_start
+    tracker.log_validation(2, {"val/clip_cosine": 0.5}, seconds=3.0)
+    assert tracker.window_start == start + 3.0  # the next window starts after the validation
+    assert read_metrics(tmp_path / "metrics.jsonl")[1] == {
+        "step": 2,
+        "stage": "multitask",
+        "val/clip_cosine": 0.5,
+    }
+    assert wandb.logged[-1] == (2, {"multitask/val/clip_cosine": 0.5})
+    # Resume from step 1 drops step 2's training and validation lines alike.
+    Tracker(tmp_path, "multitask", enabled=True, log_every=1, last_step=4, start_step=1, progress=False)
+    assert read_metrics(tmp_path / "metrics.jsonl") == []
+
+
 @pytest.mark.slow
 def test_wandb_is_offline_without_a_key_and_a_resumed_stage_continues_its_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -17,6 +17,7 @@ import torch
 from samclip.data.batches import ClipBatch, SamBatch
 from samclip.losses import CosineDistillationLoss, MaskDistillationLoss
 from samclip.models import SamPrompts, create_model
+from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
 from samclip.models.teachers import ClipTeacher, SamTeacher
 from samclip.train.checkpoint import Checkpointer, StageState, restore_training_state
 from samclip.train.distributed import DistEnv, wrap_student
@@ -24,6 +25,9 @@ from samclip.train.loop import LoopOptions, train_stage
 from samclip.train.optim import build_optimizer, build_scheduler, set_trainable
 from samclip.train.tasks.sam_clip import SamClipTask
 from samclip.train.tracking import Tracker
+from samclip.train.validation import BestCheckpoint, ClipCosine, SamIouToTeacher, Validator
+
+HELD_OUT_SEED = 99  # the fake held-out data: streams of another seed than training's
 
 SAM_FRAME = 256  # samclip_tiny's SAM frame
 CLIP_RESOLUTION = 64
@@ -130,11 +134,13 @@ def train_tiny(
     every_steps: int = 0,
     stop_after: int | None = None,
     seed: int = 0,
+    validate_every: int | None = None,
 ) -> SamClipTask:
     """``num_steps`` steps of the multitask (or head_probe) recipe on in-memory streams, through ``train_stage``.
 
     With ``stop_after`` the loop stops early (as if killed) after checkpointing; calling again with the
     same ``workdir`` resumes from the latest checkpoint, exactly as ``samclip-train`` does.
+    With ``validate_every`` it validates on fake held-out batches and keeps ``best.pt`` by IoU to SAM.
     """
     task = tiny_task(seed=seed)
     trainable = ["*"] if stage == "multitask" else ["clip_head.*"]
@@ -157,6 +163,16 @@ def train_tiny(
     tracker = Tracker(
         workdir, stage, enabled=env.is_main, log_every=1, last_step=last_step, start_step=state.step
     )
+    validator = None
+    if validate_every is not None:
+        spec = ClipTeacherSpec("samclip-tiny-clip", None)
+        best = BestCheckpoint(
+            workdir,
+            "val/sam_iou_to_teacher",
+            "max",
+            lambda path, step: save_final_checkpoint(path, task.student, spec, stage, step),
+        )
+        validator = Validator(held_out_evaluators(env), validate_every, best)
     train_stage(
         task,
         student,
@@ -170,9 +186,20 @@ def train_tiny(
         env=env,
         tracker=tracker,
         checkpointer=checkpointer,
+        validator=validator,
     )
     tracker.close()
     return task
+
+
+def held_out_evaluators(env: DistEnv, num_batches: int = 2) -> dict[str, Any]:
+    """Both evaluators on this rank's slice of fixed held-out batches (a list: re-iterable, same every time)."""
+    clip = FakeClipStream(global_batch=4, seed=HELD_OUT_SEED, rank=env.rank, world_size=env.world_size)
+    sam = FakeSamStream(seed=HELD_OUT_SEED, rank=env.rank, world_size=env.world_size)
+    return {
+        "clip_cosine": ClipCosine([clip.local_batch(s) for s in range(num_batches)], num_batches),
+        "sam_iou_to_teacher": SamIouToTeacher([sam.local_batch(s) for s in range(num_batches)], num_batches),
+    }
 
 
 def single_process_env() -> DistEnv:
