@@ -38,6 +38,8 @@ def _command(run_dir: Path, assets: Path) -> list[str]:
         f"stages=[{','.join(STAGES)}]",
         f"data.clip.urls='{assets}/data/clip/{{00000..00003}}.tar'",
         f"data.sam.urls=[{assets}/data/sam/sa_000000.tar,{assets}/data/sam/sa_000001.tar]",
+        f"data.sam.manifest={assets}/data/sam/train.txt",
+        f"data.sam.val_manifest={assets}/data/sam/val.txt",
         f"teacher.clip.pretrained={assets}/teachers/clip_tiny.pt",
         f"teacher.sam.checkpoint={assets}/teachers/sam_tiny.pth",
         "prepare=null",

@@ -202,7 +202,7 @@ def validation_evaluators(cfg: DictConfig, stage: str) -> list[str]:
 def check_validation(cfg: DictConfig, stages: Sequence[Stage]) -> None:
     """Unknown evaluator or stage names, a keep_best nothing produces, a held-out split training reads."""
     validation = cfg.get("validation")
-    produced = []
+    produced: list[str] = []
     if validation is not None:
         if int(validation.every_steps) < 0:
             raise ValueError(
@@ -222,7 +222,12 @@ def check_validation(cfg: DictConfig, stages: Sequence[Stage]) -> None:
                     )
                 if validation.evaluators[name].get("data") is not None:
                     _check_held_out(cfg, name, validation.evaluators[name].data)
-                produced.append(f"{PREFIX}{name}")
+        # Against every configured stage, not only those that run now: `stages=[head_probe]` of a recipe
+        # whose multitask validation feeds keep_best is a valid run (a stage without the metric keeps none).
+        produced = [
+            f"{PREFIX}{name}" for stage_name in validation.get("stages") or {}
+            for name in validation_evaluators(cfg, stage_name)
+        ]  # fmt: skip
     check_keep_best(cfg.checkpoint.get("keep_best"), produced)
 
 

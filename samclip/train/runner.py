@@ -25,10 +25,18 @@ from samclip.models.final_checkpoint import load_final_checkpoint, save_final_ch
 from samclip.train import builder
 from samclip.train.checkpoint import StageState, restore_training_state
 from samclip.train.config_checks import require_number
-from samclip.train.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_student
+from samclip.train.distributed import (
+    DistEnv,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown,
+    wrap_student,
+)
 from samclip.train.loop import train_stage
 from samclip.train.optim import build_scheduler, set_trainable
 from samclip.train.resume import ALLOW_KEY, check_resume_config
+from samclip.train.run_record import RunDirLock, RunDirLocked, record_config
 from samclip.train.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -43,13 +51,14 @@ def run(cfg: DictConfig) -> Path:
     env = init_distributed(cfg.trainer.device, timeout_s=float(cfg.trainer.dist_timeout_s))
     if not env.is_main:
         logging.getLogger("samclip").setLevel(logging.WARNING)
+    lock = None
     try:
         run_dir = _resolve_run_dir(cfg)
         stages = builder.plan_run(cfg, env, run_dir)
+        lock = _lock_run_dir(run_dir, env)
         if env.is_main:
             builder.prepare(cfg)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            log.info("config of this invocation: %s", record_config(cfg, run_dir))
         barrier(env)
         builder.check_files(cfg, stages)
         for index, stage in enumerate(stages):
@@ -59,8 +68,25 @@ def run(cfg: DictConfig) -> Path:
                 continue
             run_stage(cfg, stages, index, env, run_dir)
     finally:
+        if lock is not None:
+            lock.release()
         shutdown(env)
     return run_dir
+
+
+def _lock_run_dir(run_dir: Path, env: DistEnv) -> RunDirLock:
+    """Rank 0 takes ``run_dir``'s lock; every rank learns whether it got it, so all stop together if not."""
+    lock = RunDirLock(run_dir)
+    refusal = None
+    if env.is_main:
+        try:
+            lock.acquire()
+        except RunDirLocked as error:
+            refusal = str(error)
+    refusal = broadcast_object(refusal, env)
+    if refusal is not None:
+        raise RunDirLocked(refusal)
+    return lock
 
 
 def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, run_dir: Path) -> None:

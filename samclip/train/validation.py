@@ -314,7 +314,7 @@ class Validator:
 def check_keep_best(metric: str | None, produced: Sequence[str]) -> None:
     if metric is not None and metric not in produced:
         raise ValueError(
-            f"checkpoint.keep_best: {metric} is not produced by the validation of any stage that runs "
+            f"checkpoint.keep_best: {metric} is not produced by the validation of any stage "
             f"(produced: {sorted(set(produced)) or 'none'})"
         )
 
