@@ -25,6 +25,15 @@ def _tar_members(path: str) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
+def _image_ids(shards: list[str]) -> set[int]:
+    return {
+        parse_annotation_file(data).image_id
+        for shard in shards
+        for name, data in _tar_members(shard).items()
+        if name.endswith(".json")
+    }
+
+
 def _all_image_hashes(world: ProxyWorld) -> dict[str, set[str]]:
     def digest(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()
@@ -127,13 +136,7 @@ def test_splits_are_disjoint(world: ProxyWorld) -> None:
         assert len(splits[a]) > 0
         for b in names[i + 1 :]:
             assert not splits[a] & splits[b], f"{a} and {b} share images"
-    ids = lambda shards: {
-        parse_annotation_file(d).image_id
-        for s in shards
-        for k, d in _tar_members(s).items()
-        if k.endswith(".json")
-    }
-    assert not ids(world.sam_shards) & ids(world.sam_val_shards)
+    assert not _image_ids(world.sam_shards) & _image_ids(world.sam_val_shards)
 
 
 def test_unknown_size_is_refused(tmp_path: Path) -> None:
