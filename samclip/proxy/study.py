@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,10 +62,14 @@ class StudySize:
     recipe_overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
+def _sam(steps: int) -> SamTeacherTraining:
+    return SamTeacherTraining(steps=steps, images_per_step=4, masks_per_image=4, lr=3e-3, focal_alpha=-1.0)
+
+
 STUDY_SIZES = {
-    "test": StudySize("test", ClipTeacherTraining(epochs=8), SamTeacherTraining(steps=120), 60, 60, 16),
-    "quick": StudySize("quick", ClipTeacherTraining(epochs=12), SamTeacherTraining(steps=250), 150, 150, 40),
-    "full": StudySize("full", ClipTeacherTraining(epochs=20), SamTeacherTraining(steps=600), 400, 400, 100),
+    "test": StudySize("test", ClipTeacherTraining(epochs=12), _sam(150), 60, 60, 16),
+    "quick": StudySize("quick", ClipTeacherTraining(epochs=8), _sam(300), 100, 80, 20),
+    "full": StudySize("full", ClipTeacherTraining(epochs=10), _sam(700), 300, 300, 60),
 }
 
 
@@ -164,6 +170,27 @@ def evaluate_teachers(world: ProxyWorld, out: Path, size: StudySize) -> dict[str
     }
 
 
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def train_teachers(world: ProxyWorld, teachers: Path, size: StudySize, seed: int) -> None:
+    """Whichever teacher file is missing, trained in its own process: the two are independent, and each
+    uses one core (the study is sized for 2 CPU cores)."""
+    jobs = []
+    if not (teachers / CLIP_TEACHER_FILE).is_file():
+        jobs.append((train_clip_teacher, world.clip_shards, teachers / CLIP_TEACHER_FILE, size.clip_teacher))
+    if not (teachers / SAM_TEACHER_FILE).is_file():
+        jobs.append((train_sam_teacher, world.sam_shards, teachers / SAM_TEACHER_FILE, size.sam_teacher))
+    if not jobs:
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(jobs), mp_context=context, initializer=_log_to_stderr) as pool:
+        futures = [pool.submit(fn, shards, path, training, seed) for fn, shards, path, training in jobs]
+        for future in futures:
+            future.result()
+
+
 def run_study(out: str | Path, size_name: str = "quick", seed: int = 0) -> dict[str, Any]:
     """Run (or finish) the whole study in ``out``; returns what it writes to ``out/results.json``."""
     if size_name not in STUDY_SIZES:
@@ -178,12 +205,7 @@ def run_study(out: str | Path, size_name: str = "quick", seed: int = 0) -> dict[
     world = ProxyWorld(out / "world")
     teachers = out / "teachers"
     teachers.mkdir(parents=True, exist_ok=True)
-    if not (teachers / CLIP_TEACHER_FILE).is_file():
-        _timed(timings, "clip_teacher", train_clip_teacher, world.clip_shards, teachers / CLIP_TEACHER_FILE,
-               size.clip_teacher, seed)  # fmt: skip
-    if not (teachers / SAM_TEACHER_FILE).is_file():
-        _timed(timings, "sam_teacher", train_sam_teacher, world.sam_shards, teachers / SAM_TEACHER_FILE,
-               size.sam_teacher, seed)  # fmt: skip
+    _timed(timings, "teachers", train_teachers, world, teachers, size, seed)
 
     recipe = out / "recipe"
     _timed(timings, "recipe", run, compose_recipe(out, recipe, size, f"seed={seed}"))

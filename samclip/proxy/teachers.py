@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ClipTeacherTraining:
     model_name: str = "samclip-proxy-clip"
-    epochs: int = 30
-    batch_size: int = 200
+    epochs: int = 10
+    batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_fraction: float = 0.05
@@ -59,7 +59,8 @@ class SamTeacherTraining:
     focal_weight: float = 20.0  # SAM's focal:dice = 20:1
     dice_weight: float = 1.0
     iou_weight: float = 1.0
-    # torchvision's focal alpha (0.25 weights positives down); -1 = no class weighting.
+    # torchvision's focal alpha (0.25 weights positives down); -1 = no class weighting. From scratch, 0.25
+    # keeps every logit negative for the first ~50 steps; -1 learns ~2x faster (measured; see the report).
     focal_alpha: float = 0.25
 
 
