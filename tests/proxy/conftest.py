@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from proxy_sizes import TINY_WORLD
 
-from samclip.proxy.world import ProxyWorld, WorldSize, write_world
-
-TINY_WORLD = WorldSize(
-    clip_images=40,
-    sam_images=12,
-    classification_images=16,
-    semseg_images=6,
-    sam_val_images=6,
-    images_per_shard=20,
-)
+from samclip.proxy.world import ProxyWorld, write_world
 
 
 @pytest.fixture(scope="session")

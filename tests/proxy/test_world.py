@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_WORLD
+from proxy_sizes import TINY_WORLD
 from pycocotools import mask as mask_utils
 
 from samclip.data import ClipStream, SamStream
