@@ -13,6 +13,12 @@ from samclip.data.synth import make_synthetic_data
 
 
 def _synth(args: argparse.Namespace) -> None:
+    if args.world == "shapes":
+        from samclip.proxy.world import write_world
+
+        world = write_world(args.out, args.size, seed=args.seed)
+        print(f"proxy world ({args.size}) in {world.root}: clip/, sam/, sam_val/, classification/, voc/")
+        return
     data = make_synthetic_data(args.out, seed=args.seed)
     print(f"D_CLIP: {len(data.clip_shards)} shards, {data.clip_pattern}")
     print(f"D_SAM:  {len(data.sam_shards)} tars, {data.sam_pattern}")
@@ -73,6 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     synth.add_argument("--out", required=True, help="output directory (gets clip/ and sam/)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--world",
+        choices=["random", "shapes"],
+        default="random",
+        help="random: the smoke data; shapes: the proxy world (samclip.proxy.world) with held-out splits",
+    )
+    synth.add_argument(
+        "--size", choices=["test", "quick", "full"], default="quick", help="--world shapes only"
+    )
     synth.set_defaults(func=_synth)
 
     manifest = commands.add_parser(

@@ -1,0 +1,28 @@
+"""``samclip-proxy --out DIR [--size test|quick|full] [--seed S]``: the proxy study (see samclip.proxy.study)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from samclip.proxy.study import STUDY_SIZES, run_study
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="samclip-proxy", description=__doc__)
+    parser.add_argument("--out", required=True, help="study directory (world, teachers, runs, results.json)")
+    parser.add_argument("--size", choices=sorted(STUDY_SIZES), default="quick")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        run_study(args.out, args.size, args.seed)
+    except (ValueError, FileNotFoundError) as exn:
+        print(f"samclip-proxy: error: {exn}", file=sys.stderr)
+        raise SystemExit(2) from exn
+    print((__import__("pathlib").Path(args.out) / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

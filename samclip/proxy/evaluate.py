@@ -1,0 +1,94 @@
+"""What the proxy study measures that ``samclip-eval`` has no task for: prompted mask IoU against the
+ground truth, plus the proxy VOC tree registered as a ``samclip-eval`` segmentation layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from samclip.data.sa1b import parse_annotation_file
+from samclip.eval.datasets.semseg import LAYOUTS, SegmentationDataset, voc
+from samclip.inference import MergedSamClip
+from samclip.models import SamClipModel
+
+PROXY_LAYOUT = "proxy_shapes"
+
+
+def proxy_shapes(root: str | Path, split: str = "val") -> SegmentationDataset:
+    """The proxy world's VOC tree: VOC's reader, with the class names of ``classnames.txt`` beside it."""
+    dataset = voc(root, split)
+    names_file = Path(root) / "VOC2012" / "classnames.txt"
+    if not names_file.is_file():
+        names_file = Path(root) / "classnames.txt"
+    if not names_file.is_file():
+        raise FileNotFoundError(f"{root} has no classnames.txt: not a proxy world's VOC tree")
+    names = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
+    return dataclasses.replace(dataset, name=PROXY_LAYOUT, classnames=names)
+
+
+# samclip-eval's semantic segmentation reads layouts from this registry (`eval.layout=proxy_shapes`).
+LAYOUTS.setdefault(PROXY_LAYOUT, proxy_shapes)
+
+
+def _mask_iou(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """[N, H, W] bool x [N, H, W] bool -> [N] IoU."""
+    inter = (predicted & target).reshape(len(target), -1).sum(1)
+    union = (predicted | target).reshape(len(target), -1).sum(1)
+    return inter / np.maximum(union, 1)
+
+
+def evaluate_prompted_miou(
+    model: MergedSamClip | SamClipModel | None,
+    run_dir: Path,
+    *,
+    shards: str | Sequence[str],
+    min_mask_area: float = 100.0,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Every ground-truth instance of SA-1B-layout ``shards`` prompted once by its box and once by its
+    annotation's point (SA-1B's ``point_coords``); mean IoU of the single-mask output against the mask, in %."""
+    if model is None:
+        raise ValueError("prompted mIoU needs checkpoint=FILE")
+    sam_model = model.model if isinstance(model, MergedSamClip) else model
+    urls = [shards] if isinstance(shards, str) else list(shards)
+    box_ious, point_ious = [], []
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    for count, sample in enumerate(dataset):
+        if max_images is not None and count >= max_images:
+            break
+        record = parse_annotation_file(sample["json"])
+        annotations = [a for a in record.annotations if a["area"] >= min_mask_area]
+        if not annotations:
+            continue
+        with Image.open(io.BytesIO(sample["jpg"])) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        targets = np.stack([mask_utils.decode(a["segmentation"]).astype(bool) for a in annotations])
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)])
+        points = np.array([a["point_coords"][:1] for a in annotations], dtype=np.float64)
+        embedding = sam_model.embed_image(pixels)
+        by_box = sam_model.segment(embedding, boxes=boxes).masks.cpu().numpy()
+        by_point = (
+            sam_model.segment(
+                embedding, points=points, point_labels=np.ones(points.shape[:2], dtype=np.int64)
+            )
+            .masks.cpu()
+            .numpy()
+        )
+        box_ious.append(_mask_iou(by_box, targets))
+        point_ious.append(_mask_iou(by_point, targets))
+    if not box_ious:
+        raise ValueError(f"no instance of area >= {min_mask_area} in {urls}")
+    box, point = np.concatenate(box_ious), np.concatenate(point_ious)
+    return {
+        "box_mIoU": 100.0 * float(box.mean()),
+        "point_mIoU": 100.0 * float(point.mean()),
+        "num_instances": int(box.size),
+    }

@@ -1,0 +1,256 @@
+"""The proxy study: world -> trained teachers -> the three-stage recipe -> samclip-eval's tasks -> λ ablation.
+
+Everything is written under one directory (``samclip-proxy --out DIR``)::
+
+    DIR/world/     the proxy world (samclip.proxy.world)
+    DIR/teachers/  clip_proxy.pt (open_clip state dict), sam_proxy.pth (official SAM layout)
+    DIR/recipe/    samclip-train's run: head_probe/, multitask/ (λ = 10), res_adapt/
+    DIR/lambda_<λ>/multitask/  the ablation's other λ, each from recipe/head_probe/final.pt
+    DIR/evals/     one samclip-eval report folder per (model, task)
+    DIR/results.json, results.md, stages.png, lambda.png, timings.json
+
+Finished parts (world, teachers, stage finals) are reused when the study is run again on the same DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from samclip.config_root import config_dir
+from samclip.eval.report import write_results
+from samclip.eval.semseg import evaluate_semseg
+from samclip.eval.zeroshot_cls import evaluate_zeroshot_cls
+from samclip.inference import load
+from samclip.models import create_model
+from samclip.proxy.evaluate import PROXY_LAYOUT, evaluate_prompted_miou
+from samclip.proxy.teachers import (
+    ClipTeacherTraining,
+    SamTeacherTraining,
+    train_clip_teacher,
+    train_sam_teacher,
+)
+from samclip.proxy.world import SHAPES, ProxyWorld, write_world
+from samclip.train.runner import run
+
+log = logging.getLogger(__name__)
+
+STAGES = ("head_probe", "multitask", "res_adapt")
+SAM_WEIGHTS = (0.0, 1.0, 10.0, 100.0)
+RECIPE_SAM_WEIGHT = 10.0  # the paper's λ; the recipe's own multitask stage is this ablation point
+CLIP_TEACHER_FILE, SAM_TEACHER_FILE = "clip_proxy.pt", "sam_proxy.pth"  # configs/experiment/proxy.yaml
+
+
+@dataclass(frozen=True)
+class StudySize:
+    world: str
+    clip_teacher: ClipTeacherTraining
+    sam_teacher: SamTeacherTraining
+    head_probe_steps: int
+    multitask_steps: int  # the schedule; the stage stops at 80 % of it (the paper's 16 of 20 epochs)
+    res_adapt_steps: int
+    eval_resolution: int = 128  # zero-shot classification; semantic segmentation runs at 2x (as 448 vs 224)
+    recipe_overrides: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _sam(steps: int) -> SamTeacherTraining:
+    return SamTeacherTraining(steps=steps, images_per_step=4, masks_per_image=4, lr=3e-3, focal_alpha=-1.0)
+
+
+STUDY_SIZES = {
+    "test": StudySize("test", ClipTeacherTraining(epochs=12), _sam(150), 60, 60, 16),
+    "quick": StudySize("quick", ClipTeacherTraining(epochs=8), _sam(300), 100, 80, 20),
+    "full": StudySize("full", ClipTeacherTraining(epochs=10), _sam(700), 300, 300, 60),
+}
+
+
+def compose_recipe(proxy_dir: Path, run_dir: Path, size: StudySize, *overrides: str) -> DictConfig:
+    """``experiment=proxy`` with the study's lengths and ``overrides``, as ``samclip-train`` would compose it."""
+    lengths = [
+        f"stage.head_probe.schedule_steps={size.head_probe_steps}",
+        f"stage.multitask.schedule_steps={size.multitask_steps}",
+        f"stage.multitask.stop_step={int(0.8 * size.multitask_steps)}",
+        f"stage.res_adapt.schedule_steps={size.res_adapt_steps}",
+    ]
+    with initialize_config_dir(config_dir=str(config_dir("train.yaml")), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "experiment=proxy",
+                f"proxy_dir={proxy_dir}",
+                f"run_dir={run_dir}",
+                *lengths,
+                *size.recipe_overrides,
+                *overrides,
+            ],
+        )
+
+
+def ablation_overrides(sam_weight: float, head_probe_final: Path) -> list[str]:
+    """The multitask stage alone with ``loss.sam_weight=λ``, from the recipe's head_probe final.pt.
+
+    λ = 0 drops the SA-1B stream and freezes the SAM head (it would get no gradient; the trainer refuses a
+    trainable head without loss), so only L_clip moves the shared backbone: the forgetting the λ guards against.
+    """
+    overrides = ["stages=[multitask]", f"init_from={head_probe_final}", f"loss.sam_weight={sam_weight}"]
+    if sam_weight == 0.0:
+        overrides += ["stage.multitask.sam=null", "stage.multitask.trainable=['backbone.*','clip_head.*']"]
+    return overrides
+
+
+def _timed(timings: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    start = time.time()
+    result = fn(*args, **kwargs)
+    timings[name] = round(time.time() - start, 1)
+    log.info("proxy study: %s took %.0fs", name, timings[name])
+    return result
+
+
+def _report(out: Path, name: str, results: dict[str, Any]) -> dict[str, Any]:
+    write_results(out / "evals" / name, name, results)
+    return results
+
+
+def evaluate_merged(
+    checkpoint: Path, world: ProxyWorld, size: StudySize, out: Path, name: str, *, semseg: bool = True
+) -> dict[str, float]:
+    """The issue's metrics of one final.pt, through samclip-eval's task functions (percent, against GT)."""
+    model = load(checkpoint)
+    run_dir = out / "evals" / name
+    zeroshot = evaluate_zeroshot_cls(
+        model, run_dir / "zeroshot", layout="imagefolder", root=str(world.classification_root),
+        classnames=None, resolutions=[size.eval_resolution], num_workers=0, batch_size=100,
+    )  # fmt: skip
+    prompted = evaluate_prompted_miou(model, run_dir / "prompted", shards=world.sam_val_shards)
+    _report(out, f"{name}/zeroshot", zeroshot)
+    _report(out, f"{name}/prompted", prompted)
+    metrics = {
+        "zeroshot_top1": zeroshot[f"top1@{size.eval_resolution}"],
+        "box_miou": prompted["box_mIoU"],
+        "point_miou": prompted["point_mIoU"],
+    }
+    if semseg:
+        for mode in ("clip", "composed"):
+            result = evaluate_semseg(
+                model, run_dir / f"semseg_{mode}", layout=PROXY_LAYOUT, root=str(world.semseg_root),
+                mode=mode, resolution=2 * size.eval_resolution, threshold=0.5, num_points=3, num_visualize=2,
+            )  # fmt: skip
+            _report(out, f"{name}/semseg_{mode}", result)
+            metrics[f"semseg_miou_{mode}"] = result["mIoU"]
+    return metrics
+
+
+def evaluate_teachers(world: ProxyWorld, out: Path, size: StudySize) -> dict[str, dict[str, float]]:
+    clip_file, sam_file = out / "teachers" / CLIP_TEACHER_FILE, out / "teachers" / SAM_TEACHER_FILE
+    zeroshot = evaluate_zeroshot_cls(
+        None, out / "evals" / "clip_teacher", layout="imagefolder", root=str(world.classification_root),
+        classnames=None, encoder="teacher", teacher_model=size.clip_teacher.model_name,
+        teacher_pretrained=str(clip_file), num_workers=0, batch_size=100,
+    )  # fmt: skip
+    _report(out, "clip_teacher", zeroshot)
+    top1 = next(value for key, value in zeroshot.items() if key.startswith("top1@"))
+    # The SAM teacher through the student's own code path: create_model from the official checkpoint is
+    # exactly where the recipe starts (its SAM head and backbone are the teacher's weights).
+    sam = create_model(size.sam_teacher.model_name, sam_checkpoint=sam_file).eval()
+    prompted = _report(
+        out, "sam_teacher", evaluate_prompted_miou(sam, out / "evals", shards=world.sam_val_shards)
+    )
+    return {
+        "clip": {"zeroshot_top1": top1},
+        "sam": {"box_miou": prompted["box_mIoU"], "point_miou": prompted["point_mIoU"]},
+    }
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def train_teachers(world: ProxyWorld, teachers: Path, size: StudySize, seed: int) -> None:
+    """Whichever teacher file is missing, trained in its own process: the two are independent, and each
+    uses one core (the study is sized for 2 CPU cores)."""
+    jobs = []
+    if not (teachers / CLIP_TEACHER_FILE).is_file():
+        jobs.append((train_clip_teacher, world.clip_shards, teachers / CLIP_TEACHER_FILE, size.clip_teacher))
+    if not (teachers / SAM_TEACHER_FILE).is_file():
+        jobs.append((train_sam_teacher, world.sam_shards, teachers / SAM_TEACHER_FILE, size.sam_teacher))
+    if not jobs:
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(jobs), mp_context=context, initializer=_log_to_stderr) as pool:
+        futures = [pool.submit(fn, shards, path, training, seed) for fn, shards, path, training in jobs]
+        for future in futures:
+            future.result()
+
+
+def run_study(out: str | Path, size_name: str = "quick", seed: int = 0) -> dict[str, Any]:
+    """Run (or finish) the whole study in ``out``; returns what it writes to ``out/results.json``."""
+    if size_name not in STUDY_SIZES:
+        raise ValueError(f"unknown study size {size_name!r}; available: {sorted(STUDY_SIZES)}")
+    size, out = STUDY_SIZES[size_name], Path(out).absolute()
+    timings: dict[str, float] = {}
+    start = time.time()
+    marker = out / "world" / "DONE"
+    if not marker.is_file():
+        _timed(timings, "world", write_world, out / "world", size.world, seed)
+        marker.write_text(f"size={size.world} seed={seed}\n")
+    world = ProxyWorld(out / "world")
+    teachers = out / "teachers"
+    teachers.mkdir(parents=True, exist_ok=True)
+    _timed(timings, "teachers", train_teachers, world, teachers, size, seed)
+
+    recipe = out / "recipe"
+    _timed(timings, "recipe", run, compose_recipe(out, recipe, size, f"seed={seed}"))
+    head_probe_final = recipe / "head_probe" / "final.pt"
+    ablation_dirs = {RECIPE_SAM_WEIGHT: recipe}
+    for sam_weight in SAM_WEIGHTS:
+        if sam_weight == RECIPE_SAM_WEIGHT:
+            continue
+        run_dir = out / f"lambda_{sam_weight:g}"
+        cfg = compose_recipe(
+            out, run_dir, size, f"seed={seed}", *ablation_overrides(sam_weight, head_probe_final)
+        )
+        _timed(timings, f"multitask_lambda_{sam_weight:g}", run, cfg)
+        ablation_dirs[sam_weight] = run_dir
+
+    eval_start = time.time()
+    results: dict[str, Any] = {
+        "chance_top1": 100.0 / len(SHAPES),
+        "teachers": evaluate_teachers(world, out, size),
+    }
+    stages = {
+        stage: evaluate_merged(recipe / stage / "final.pt", world, size, out, stage) for stage in STAGES
+    }
+    results["merged"] = stages["res_adapt"]
+    results["stages"] = stages
+    results["lambda_ablation"] = []
+    for sam_weight in SAM_WEIGHTS:
+        if sam_weight == RECIPE_SAM_WEIGHT:
+            metrics = stages["multitask"]
+        else:
+            final = ablation_dirs[sam_weight] / "multitask" / "final.pt"
+            metrics = evaluate_merged(final, world, size, out, f"lambda_{sam_weight:g}", semseg=False)
+        results["lambda_ablation"].append(
+            {
+                "sam_weight": sam_weight,
+                "zeroshot_top1": metrics["zeroshot_top1"],
+                "box_miou": metrics["box_miou"],
+            }
+        )
+    timings["evaluation"] = round(time.time() - eval_start, 1)
+    timings["total"] = round(time.time() - start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    from samclip.proxy.report import plot_results, results_markdown
+
+    (out / "results.md").write_text(results_markdown(results, size_name, seed, timings))
+    plot_results(results, out)
+    return results
