@@ -281,11 +281,6 @@ def _final(path: Path) -> Path:
             "checkpoint.keep_best: val/zeroshot_top1 is not produced by the validation of any stage",
         ),
         (
-            ["stages=[head_probe]", "checkpoint.keep_best=val/sam_iou_to_teacher"],
-            ValueError,
-            "checkpoint.keep_best: val/sam_iou_to_teacher is not produced",
-        ),
-        (
             ["data.clip.split=all"],
             ValueError,
             "validation.evaluators.clip_cosine.data: holds out (fraction, seed) = (0.25, 0) but data.clip "
