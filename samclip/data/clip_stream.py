@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,6 +49,51 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
+@dataclass(frozen=True)
+class CropView:
+    """One training view of a D_CLIP image: the random-resized-crop box in stored pixels and the flip.
+
+    Resolution is not part of a view: the same view renders at the student's and at the teacher's size,
+    which is what lets a teacher-embedding cache serve every stage resolution.
+    """
+
+    left: int
+    top: int
+    width: int
+    height: int
+    flip: bool
+
+
+def draw_crop_view(
+    width: int, height: int, crop_scale: tuple[float, float], rng: np.random.Generator
+) -> CropView:
+    """The crop box (torchvision's rule), then the flip, drawn from ``rng`` in that order."""
+    left, top, w, h = random_resized_crop_box(width, height, crop_scale, rng)
+    return CropView(left, top, w, h, flip=bool(rng.random() < 0.5))
+
+
+def render_crop_view(
+    image: Image.Image, view: CropView, resolution: int, sam_frame: bool = False
+) -> torch.Tensor:
+    """``view`` of ``image`` resized to ``resolution`` (bicubic, as open_clip); [3, R, R] in [0, 1].
+
+    ``sam_frame``: the crop keeps its aspect instead, framed as SAM frames its input (longest side to
+    ``resolution``, bilinear as ``ResizeLongestSide``; padded bottom/right with ``SAM_PAD_VALUE``), which is
+    what the CLIP head sees in composed inference.
+    """
+    # Crop, then resize (torchvision's resized_crop); PIL's resize(box=...) would also filter pixels outside.
+    image = image.crop((view.left, view.top, view.left + view.width, view.top + view.height))
+    if sam_frame:
+        height, width = resized_longest_side_shape(view.height, view.width, resolution)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    else:
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    if view.flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pixels = to_tensor(image)
+    return pad_to_square(pixels[None], resolution)[0] if sam_frame else pixels
+
+
 def clip_train_transform(
     image: Image.Image,
     resolution: int,
@@ -55,24 +101,9 @@ def clip_train_transform(
     crop_scale: tuple[float, float] = (0.9, 1.0),
     sam_frame: bool = False,
 ) -> torch.Tensor:
-    """Random resized crop (bicubic, as open_clip) to ``resolution`` and a horizontal flip; [3, R, R] in [0, 1].
-
-    ``sam_frame``: the crop keeps its aspect instead, framed as SAM frames its input (longest side to
-    ``resolution``, bilinear as ``ResizeLongestSide``; padded bottom/right with ``SAM_PAD_VALUE``), which is
-    what the CLIP head sees in composed inference.
-    """
-    left, top, w, h = random_resized_crop_box(image.width, image.height, crop_scale, rng)
-    # Crop, then resize (torchvision's resized_crop); PIL's resize(box=...) would also filter pixels outside.
-    image = image.crop((left, top, left + w, top + h))
-    if sam_frame:
-        height, width = resized_longest_side_shape(h, w, resolution)
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    else:
-        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    pixels = to_tensor(image)
-    return pad_to_square(pixels[None], resolution)[0] if sam_frame else pixels
+    """Random resized crop + horizontal flip drawn from ``rng``, rendered by :func:`render_crop_view`."""
+    view = draw_crop_view(image.width, image.height, crop_scale, rng)
+    return render_crop_view(image, view, resolution, sam_frame)
 
 
 def clip_eval_transform(image: Image.Image, resolution: int) -> torch.Tensor:
