@@ -179,14 +179,16 @@ def train_teachers(world: ProxyWorld, teachers: Path, size: StudySize, seed: int
     uses one core (the study is sized for 2 CPU cores)."""
     jobs = []
     if not (teachers / CLIP_TEACHER_FILE).is_file():
-        jobs.append((train_clip_teacher, world.clip_shards, teachers / CLIP_TEACHER_FILE, size.clip_teacher))
+        clip_args = (world.clip_shards, teachers / CLIP_TEACHER_FILE, size.clip_teacher, seed)
+        jobs.append((train_clip_teacher, clip_args, {"held_out": world.classification_root}))
     if not (teachers / SAM_TEACHER_FILE).is_file():
-        jobs.append((train_sam_teacher, world.sam_shards, teachers / SAM_TEACHER_FILE, size.sam_teacher))
+        sam_args = (world.sam_shards, teachers / SAM_TEACHER_FILE, size.sam_teacher, seed)
+        jobs.append((train_sam_teacher, sam_args, {}))
     if not jobs:
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(len(jobs), mp_context=context, initializer=_log_to_stderr) as pool:
-        futures = [pool.submit(fn, shards, path, training, seed) for fn, shards, path, training in jobs]
+        futures = [pool.submit(fn, *args, **kwargs) for fn, args, kwargs in jobs]
         for future in futures:
             future.result()
 

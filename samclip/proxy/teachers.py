@@ -21,9 +21,11 @@ import open_clip
 import torch
 import torch.nn.functional as F
 import webdataset as wds
+from torchvision.datasets import ImageFolder
 
 from samclip.data import SamStream
 from samclip.data.clip_stream import clip_eval_transform
+from samclip.eval.zeroshot import build_text_classifier
 from samclip.losses import dice_loss_per_mask, focal_loss_per_mask
 from samclip.models import get_model_config
 from samclip.models.final_checkpoint import atomic_torch_save
@@ -83,14 +85,47 @@ def _load_captioned_images(shards: Sequence[str], resolution: int) -> tuple[torc
     return torch.stack(images), captions
 
 
+class HeldOutZeroShot:
+    """Zero-shot top-1 (%) of an open_clip model on a held-out ImageFolder: the teacher's learning curve.
+
+    Only logged, never used to stop or select: the study's reported teacher number comes from samclip-eval.
+    """
+
+    def __init__(self, root: str | Path, resolution: int) -> None:
+        folder = ImageFolder(str(root))
+        self.classnames = folder.classes
+        self.images = torch.stack(
+            [clip_eval_transform(image.convert("RGB"), resolution) for image, _ in folder]
+        )
+        self.labels = torch.tensor(folder.targets)
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, tokenizer, mean: torch.Tensor, std: torch.Tensor) -> float:
+        was_training = model.training
+        model.eval()
+        classifier = build_text_classifier(model, tokenizer, self.classnames)
+        features = model.encode_image((self.images - mean) / std, normalize=True)
+        top1 = float((features @ classifier).argmax(1).eq(self.labels).float().mean()) * 100
+        model.train(was_training)
+        return top1
+
+
 def train_clip_teacher(
-    shards: Sequence[str], out_path: str | Path, training: ClipTeacherTraining, seed: int = 0
+    shards: Sequence[str],
+    out_path: str | Path,
+    training: ClipTeacherTraining,
+    seed: int = 0,
+    held_out: str | Path | None = None,
 ) -> Path:
-    """Contrastive training of ``training.model_name`` from scratch; writes its state dict to ``out_path``."""
+    """Contrastive training of ``training.model_name`` from scratch; writes its state dict to ``out_path``.
+
+    ``held_out``: an ImageFolder whose zero-shot top-1 is logged after every epoch.
+    """
     torch.manual_seed(seed)
     model = open_clip.create_model(training.model_name, pretrained=None)
     tokenizer = open_clip.get_tokenizer(training.model_name)
-    resolution = int(model.visual.image_size[0])
+    image_size = model.visual.image_size  # an int for open_clip's ModifiedResNet, a pair for its ViT
+    resolution = int(image_size if isinstance(image_size, int) else image_size[0])
     images, captions = _load_captioned_images(shards, resolution)
     tokens = tokenizer(captions)
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
@@ -108,6 +143,7 @@ def train_clip_teacher(
         optimizer, lambda s: _cosine_lr(s, total, max(1, int(training.warmup_fraction * total)))
     )
     generator = torch.Generator().manual_seed(seed)
+    monitor = HeldOutZeroShot(held_out, resolution) if held_out is not None else None
     model.train()
     start = time.time()
     for epoch in range(training.epochs):
@@ -125,7 +161,16 @@ def train_clip_teacher(
             scheduler.step()
             with torch.no_grad():  # as open_clip's trainer: the temperature is clamped at 100
                 model.logit_scale.clamp_(0, math.log(100))
-        log.info("clip teacher: epoch %d loss %.3f (%.0fs)", epoch + 1, float(loss), time.time() - start)
+        zeroshot = (
+            f", held-out zero-shot top-1 {monitor(model, tokenizer, mean, std):.1f}%" if monitor else ""
+        )
+        log.info(
+            "clip teacher: epoch %d loss %.3f%s (%.0fs)",
+            epoch + 1,
+            float(loss.detach()),
+            zeroshot,
+            time.time() - start,
+        )
     model.eval()
     atomic_torch_save(model.state_dict(), str(out_path))
     return Path(out_path)
