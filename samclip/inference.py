@@ -152,6 +152,11 @@ class MergedSamClip(nn.Module):
             self._modules["text"] = self._build_text().to(self.device)
         return self._modules["text"]
 
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The whole merged model's tensors, the text tower's included (it is built first if need be)."""
+        _ = self.text
+        return super().state_dict(*args, **kwargs)
+
     @property
     def has_text(self) -> bool:
         """Whether the text tower is built already (it is, after any use of labels)."""

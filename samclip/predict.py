@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,8 @@ from samclip.eval.transforms import to_uint8_array
 from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
 from samclip.inference import MergedSamClip, load
 from samclip.ovsam_inference import OpenVocabularySam
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -58,10 +61,18 @@ def semantic_overlay(
     mode: str,
     threshold: float,
     composed_protocol: str = "paper",
+    name: str = "image",
 ) -> Image.Image:
     prediction = model.semantic_segment(
         image, labels, mode=mode, threshold=threshold, composed_protocol=composed_protocol
     )
+    if prediction.fell_back:
+        log.warning(
+            "%s: no class passed --threshold %g in composed mode, so the SAM head got no prompt; the overlay "
+            "is the CLIP head's result alone (a lower --threshold prompts the SAM head)",
+            name,
+            threshold,
+        )
     label_map = prediction.label_map.cpu().numpy()
     palette = class_palette(len(labels) + 1)[1:]  # skip black so every label has a visible colour
     canvas = Image.fromarray(overlay(image, colorize(label_map, palette)))
@@ -206,7 +217,9 @@ def predict_cli(argv: Sequence[str]) -> None:
         elif args.everything:
             result = everything_overlay(model, image, labels)
         elif labels is not None:
-            result = semantic_overlay(model, image, labels, args.mode, args.threshold, args.composed_protocol)
+            result = semantic_overlay(
+                model, image, labels, args.mode, args.threshold, args.composed_protocol, name=str(path)
+            )
         else:
             result = mask_overlay(model, image, points, boxes)
         assert result.size == (image.shape[1], image.shape[0])

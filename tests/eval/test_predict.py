@@ -37,6 +37,24 @@ def test_semantic_overlay_is_the_models_label_map(final_checkpoint, merged, imag
     assert np.array_equal(result[~legend], expected[~legend])
 
 
+def test_composed_mode_warns_when_no_class_passes_the_threshold(
+    final_checkpoint, image_file, tmp_path, caplog
+):
+    args = [
+        str(image_file),
+        "--checkpoint",
+        str(final_checkpoint),
+        "--labels",
+        "dog,horse",
+        "--mode",
+        "composed",
+    ]
+    main([*args, "--threshold", "0.2", "--out", str(tmp_path / "prompted.png")])
+    assert "no class passed" not in caplog.text
+    main([*args, "--threshold", "1.5", "--out", str(tmp_path / "fallback.png")])
+    assert f"{image_file}: no class passed --threshold 1.5 in composed mode" in caplog.text
+
+
 def test_point_and_box_masks(final_checkpoint, merged, image_file, tmp_path):
     out = tmp_path / "masks.png"
     main([str(image_file), "--checkpoint", str(final_checkpoint), "--points", "40,30;80,50", "--boxes", "5,5,60,60",
