@@ -3,7 +3,7 @@
     samclip-predict photo.jpg --checkpoint final.pt --labels "dog,horse,person" --out overlay.png
     samclip-predict photo.jpg --checkpoint merged/ --points "120,80;200,90" --out masks.png
     samclip-predict photo.jpg --checkpoint merged/ --boxes "10,20,200,240" --out masks.png
-    samclip-predict photo.jpg --checkpoint merged/ --everything [--labels "cat,sofa"] --out all.png
+    samclip-predict photo.jpg --checkpoint merged/ --everything [--labels "cat,sofa"] [--pred-iou-thresh 0.88] --out all.png
     samclip-predict 'photos/*.jpg' --checkpoint merged/ --labels "dog,cat" --out overlays/
 
 With ``--labels`` it draws zero-shot semantic segmentation (``--mode clip|composed``) with a legend;
@@ -24,6 +24,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -93,9 +94,14 @@ def mask_overlay(
     return draw_prompts(picture, points=points, boxes=boxes)
 
 
-def everything_overlay(model: MergedSamClip, image: np.ndarray, labels: Sequence[str] | None) -> Image.Image:
-    """segment_anything's automatic masks (largest drawn first), named by the CLIP head when ``labels`` are given."""
-    records = sorted(model.generate_masks(image, labels), key=lambda record: -record["area"])
+def everything_overlay(
+    model: MergedSamClip, image: np.ndarray, labels: Sequence[str] | None, **generator_options: Any
+) -> Image.Image:
+    """segment_anything's automatic masks (largest drawn first), named by the CLIP head when ``labels`` are
+    given; ``generator_options`` are ``SamAutomaticMaskGenerator``'s."""
+    records = sorted(
+        model.generate_masks(image, labels, **generator_options), key=lambda record: -record["area"]
+    )
     masks = (
         np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
     )
@@ -184,6 +190,13 @@ def predict_cli(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--everything", action="store_true", help="automatic masks (SamAutomaticMaskGenerator)"
     )
+    parser.add_argument("--points-per-side", type=int, default=32, help="--everything: the point grid's side")
+    parser.add_argument(
+        "--pred-iou-thresh", type=float, default=0.88, help="--everything: keep masks predicting this IoU"
+    )
+    parser.add_argument(
+        "--stability-score-thresh", type=float, default=0.95, help="--everything: keep masks this stable"
+    )
     parser.add_argument(
         "--out", required=True, help="the overlay PNG, or a folder when several images are given"
     )
@@ -215,7 +228,14 @@ def predict_cli(argv: Sequence[str]) -> None:
         if ovsam:
             result = labelled_mask_overlay(model, image, points, boxes, labels)
         elif args.everything:
-            result = everything_overlay(model, image, labels)
+            result = everything_overlay(
+                model,
+                image,
+                labels,
+                points_per_side=args.points_per_side,
+                pred_iou_thresh=args.pred_iou_thresh,
+                stability_score_thresh=args.stability_score_thresh,
+            )
         elif labels is not None:
             result = semantic_overlay(
                 model, image, labels, args.mode, args.threshold, args.composed_protocol, name=str(path)
