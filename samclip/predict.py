@@ -33,6 +33,7 @@ from tqdm import tqdm
 from samclip.cli_errors import pop_debug_flag, user_errors
 from samclip.eval.transforms import to_uint8_array
 from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
+from samclip.eval.zeroshot import SemanticPrediction
 from samclip.inference import MergedSamClip, load
 from samclip.ovsam_inference import OpenVocabularySam
 
@@ -78,7 +79,16 @@ def semantic_overlay(
     palette = class_palette(len(labels) + 1)[1:]  # skip black so every label has a visible colour
     canvas = Image.fromarray(overlay(image, colorize(label_map, palette)))
     present = sorted(set(label_map.ravel().tolist()))
-    return draw_legend(canvas, [labels[i] for i in present], [palette[i] for i in present])
+    picture = draw_legend(canvas, [labels[i] for i in present], [palette[i] for i in present])
+    if not prediction.prompts:
+        return picture
+    # composed mode: the points the CLIP head gave the SAM head
+    return draw_prompts(picture, points=composed_points(prediction))
+
+
+def composed_points(prediction: SemanticPrediction) -> np.ndarray:
+    """[N, 2] (x, y) input-image pixels: every class's SAM-head prompt points, in class order."""
+    return np.concatenate([prompt.points.cpu().numpy() for prompt in prediction.prompts])
 
 
 def mask_overlay(

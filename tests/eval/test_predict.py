@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
-from samclip.predict import main, parse_numbers, predict_cli
+from samclip.predict import composed_points, main, parse_numbers, predict_cli
 
 
 @pytest.fixture
@@ -26,8 +26,16 @@ def test_semantic_overlay_is_the_models_label_map(final_checkpoint, merged, imag
     original = np.asarray(Image.open(image_file))
     assert result.shape == original.shape
     labels = ["dog", "horse", "person"]
-    label_map = merged.semantic_segment(original, labels, mode=mode, threshold=0.2).label_map.numpy()
+    prediction = merged.semantic_segment(original, labels, mode=mode, threshold=0.2)
+    label_map = prediction.label_map.numpy()
     expected = overlay(original, colorize(label_map, class_palette(len(labels) + 1)[1:]))
+    if mode == "composed":  # the SAM head's prompt points are marked
+        assert prediction.prompts
+        unmarked = expected
+        expected = np.asarray(draw_prompts(Image.fromarray(expected), points=composed_points(prediction)))
+        xs, ys = composed_points(prediction).round().astype(int).clip(0, [129, 89]).T
+        assert (expected[ys, xs] != unmarked[ys, xs]).any(-1).all()
+        assert np.array_equal(result[ys, xs], expected[ys, xs])
     # The legend covers a box in the top-left corner; elsewhere the picture is the label map's overlay.
     rows, cols = np.nonzero((result != expected).any(-1))
     assert rows.size and rows.min() <= 4 and cols.min() <= 4
