@@ -1,13 +1,15 @@
 """The merged model for users: SAM-CLIP's image model plus the CLIP teacher's frozen text tower.
 
 ``samclip.load(path)`` reads a stage's ``final.pt`` (the text tower then comes from the recorded CLIP
-teacher) or a directory written by ``samclip-export --format samclip`` (everything included).
+teacher, built only when text is first needed: masks and image embeddings need none) or a directory
+written by ``samclip-export --format samclip`` (everything included).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,10 +31,16 @@ from samclip.eval.zeroshot import (
 )
 from samclip.models import SamClipConfig, SamClipModel, Segmentation, create_model_from_config
 from samclip.models.config import MODEL_CONFIGS
-from samclip.models.final_checkpoint import OVSAM_KIND, ClipTeacherSpec, load_final_checkpoint
+from samclip.models.final_checkpoint import (
+    DEFAULT_CLIP_TEACHER,
+    EXPORT_HINT,
+    OVSAM_KIND,
+    ClipTeacherSpec,
+    load_final_checkpoint,
+)
 
 # Importing teachers also registers samclip's small open_clip configs.
-from samclip.models.teachers import create_open_clip, open_clip_tokenizer
+from samclip.models.teachers import FrozenTeacher, create_open_clip, open_clip_tokenizer
 from samclip.ovsam_inference import OVSAM_EXPORT_FILE, OpenVocabularySam
 
 EXPORT_FORMAT = "samclip-merged"
@@ -44,17 +52,48 @@ WEIGHTS_FILE = "model.safetensors"
 class TextEncoder(nn.Module):
     """The CLIP teacher's text tower: an open_clip model whose image tower is dropped, plus its tokenizer."""
 
-    def __init__(self, clip_model: nn.Module, model_name: str) -> None:
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        model_name: str,
+        tokenizer: Callable[[Sequence[str]], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         clip_model.visual = nn.Identity()  # encode_text never touches it; this frees the image tower
         self.clip = clip_model.requires_grad_(False).eval()
         self.model_name = model_name
-        self.tokenizer = open_clip_tokenizer(model_name)
+        self.tokenizer = tokenizer or open_clip_tokenizer(model_name)
 
     @classmethod
     def from_open_clip(cls, model_name: str, pretrained: str | None = None) -> TextEncoder:
         """``pretrained`` is an open_clip tag or a checkpoint file (as the CLIP teacher's spec records)."""
         return cls(create_open_clip(model_name, pretrained), model_name)
+
+    @classmethod
+    def from_teacher_spec(cls, spec: ClipTeacherSpec, checkpoint: str | Path | None = None) -> TextEncoder:
+        """The text tower of the CLIP teacher a final.pt records, rebuilt as configured for training.
+
+        The default ``ClipTeacher`` needs only its open_clip model; another ``_target_`` is imported and
+        built with its recorded arguments, and must be a ``FrozenTeacher`` whose ``model`` has open_clip's
+        ``encode_text(tokens)`` and which has a ``tokenizer`` (``ClipTeacher`` and its subclasses do).
+        """
+        pretrained = spec.resolve_pretrained(checkpoint)
+        if spec.target == DEFAULT_CLIP_TEACHER:
+            return cls.from_open_clip(spec.model_name, pretrained)
+        teacher_class = _teacher_class(spec.target)
+        arguments = dict(spec.args)
+        if spec.pretrained is not None:
+            arguments["pretrained"] = pretrained
+        if spec.model_name != spec.target:
+            arguments["model_name"] = spec.model_name
+        teacher = teacher_class(**arguments)
+        model, tokenizer = getattr(teacher, "model", None), getattr(teacher, "tokenizer", None)
+        if not callable(getattr(model, "encode_text", None)) or tokenizer is None:
+            raise ValueError(
+                f"the CLIP teacher {spec.target} has no text tower (a `model` with encode_text and a "
+                "`tokenizer`): labels need one; this model gives masks and image embeddings only"
+            )
+        return cls(model, spec.model_name, tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -88,16 +127,40 @@ class MergedSamClip(nn.Module):
     """SAM-CLIP ready for use: CLIP-style image/text embeddings, SAM masks and zero-shot segmentation."""
 
     def __init__(
-        self, model: SamClipModel, text: TextEncoder, clip_teacher: ClipTeacherSpec | None = None
+        self,
+        model: SamClipModel,
+        text: TextEncoder | Callable[[], TextEncoder],
+        clip_teacher: ClipTeacherSpec | None = None,
     ) -> None:
+        """``text`` is the text tower, or a function building it when labels are first asked for."""
         super().__init__()
         self.model = model.eval()
-        self.text = text
+        # Registered as the submodule "text" (its weights are the export's text.* tensors) once built.
+        # (set in _modules directly: the ``text`` property shadows the attribute for add_module's check)
+        self._modules["text"] = text if isinstance(text, nn.Module) else None
+        self._build_text = None if isinstance(text, nn.Module) else text
         self.clip_teacher = clip_teacher
         self.source: dict[
             str, Any
         ] = {}  # where it was loaded from (path, stage, step), for provenance records
         self._classifiers: dict[tuple[tuple[str, ...], tuple[Template, ...]], torch.Tensor] = {}
+
+    @property
+    def text(self) -> TextEncoder:
+        """The CLIP text tower (built on first use for a final.pt: the teacher's file is read only then)."""
+        if self._modules["text"] is None:
+            self._modules["text"] = self._build_text().to(self.device)
+        return self._modules["text"]
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The whole merged model's tensors, the text tower's included (it is built first if need be)."""
+        _ = self.text
+        return super().state_dict(*args, **kwargs)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the text tower is built already (it is, after any use of labels)."""
+        return self._modules["text"] is not None
 
     @property
     def config(self) -> SamClipConfig:
@@ -207,17 +270,16 @@ class MergedSamClip(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the whole merged model as ``model.safetensors`` + ``config.json`` (read by :func:`load`)."""
         directory = Path(directory)
+        text = self.text  # built first, so the weights include it
         directory.mkdir(parents=True, exist_ok=True)
         save_model(self, str(directory / WEIGHTS_FILE))
         config = {
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
             "model_config": self.config.to_dict(),
-            "text_model": self.text.model_name,
-            "tokenizer": self.text.model_name,
-            "clip_teacher": None
-            if self.clip_teacher is None
-            else {"model_name": self.clip_teacher.model_name, "pretrained": self.clip_teacher.pretrained},
+            "text_model": text.model_name,
+            "tokenizer": text.model_name,
+            "clip_teacher": None if self.clip_teacher is None else self.clip_teacher.to_dict(),
         }
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         return directory
@@ -244,8 +306,8 @@ def load(
             ovsam = OpenVocabularySam(final.build_model())
             ovsam.source.update(stage=final.stage, step=final.step, path=str(path.absolute()))
             return ovsam.to(device).eval()
-        text = TextEncoder.from_open_clip(final.clip_teacher.model_name, final.clip_teacher.pretrained)
-        merged = MergedSamClip(final.build_model(), text, final.clip_teacher)
+        spec = final.clip_teacher
+        merged = MergedSamClip(final.build_model(), lambda: TextEncoder.from_teacher_spec(spec, path), spec)
         merged.source.update(stage=final.stage, step=final.step)
     else:
         raise FileNotFoundError(f"{path} is neither a final.pt checkpoint nor an exported samclip directory")
@@ -315,11 +377,13 @@ def validate_export_config(config: Any, config_path: Path, *, allow_hub: bool = 
         if ":" not in name and name not in open_clip.list_models():
             raise ValueError(f"{config_path}: {key}={name!r} is not an open_clip model name")
     teacher = config.get("clip_teacher")
+    known = set(ClipTeacherSpec.__dataclass_fields__)
     if teacher is not None and (
-        not isinstance(teacher, dict) or set(teacher) != {"model_name", "pretrained"}
+        not isinstance(teacher, dict) or not {"model_name", "pretrained"} <= set(teacher) <= known
     ):
         raise ValueError(
-            f"{config_path}: clip_teacher must be null or {{model_name, pretrained}}, got {teacher!r}"
+            f"{config_path}: clip_teacher must be null or an object with keys among {sorted(known)} "
+            f"(model_name and pretrained required), got {teacher!r}"
         )
 
 
@@ -339,6 +403,21 @@ def _published_limits() -> dict[str, float]:
 
 _EXPORT_KEYS = {"format", "version", "model_config", "text_model", "tokenizer", "clip_teacher"}
 _SIZE_LIMITS = _published_limits()
+
+
+def _teacher_class(target: str) -> type[FrozenTeacher]:
+    """The class a recorded ``_target_`` names; only a ``FrozenTeacher`` is built from a file's record."""
+    module_name, _, name = target.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"the CLIP teacher {target!r} recorded in the checkpoint cannot be imported ({error}); "
+            f"install the code that defines it, or use an export: {EXPORT_HINT}"
+        ) from error
+    if not (isinstance(found, type) and issubclass(found, FrozenTeacher)):
+        raise ValueError(f"the recorded CLIP teacher {target!r} is not a samclip FrozenTeacher class")
+    return found
 
 
 def _to_pil(image: ImageLike) -> Image.Image:

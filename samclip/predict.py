@@ -3,7 +3,7 @@
     samclip-predict photo.jpg --checkpoint final.pt --labels "dog,horse,person" --out overlay.png
     samclip-predict photo.jpg --checkpoint merged/ --points "120,80;200,90" --out masks.png
     samclip-predict photo.jpg --checkpoint merged/ --boxes "10,20,200,240" --out masks.png
-    samclip-predict photo.jpg --checkpoint merged/ --everything [--labels "cat,sofa"] --out all.png
+    samclip-predict photo.jpg --checkpoint merged/ --everything [--labels "cat,sofa"] [--pred-iou-thresh 0.88] --out all.png
     samclip-predict 'photos/*.jpg' --checkpoint merged/ --labels "dog,cat" --out overlays/
 
 With ``--labels`` it draws zero-shot semantic segmentation (``--mode clip|composed``) with a legend;
@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,8 +33,11 @@ from tqdm import tqdm
 from samclip.cli_errors import pop_debug_flag, user_errors
 from samclip.eval.transforms import to_uint8_array
 from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
+from samclip.eval.zeroshot import SemanticPrediction
 from samclip.inference import MergedSamClip, load
 from samclip.ovsam_inference import OpenVocabularySam
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -58,15 +63,32 @@ def semantic_overlay(
     mode: str,
     threshold: float,
     composed_protocol: str = "paper",
+    name: str = "image",
 ) -> Image.Image:
     prediction = model.semantic_segment(
         image, labels, mode=mode, threshold=threshold, composed_protocol=composed_protocol
     )
+    if prediction.fell_back:
+        log.warning(
+            "%s: no class passed --threshold %g in composed mode, so the SAM head got no prompt; the overlay "
+            "is the CLIP head's result alone (a lower --threshold prompts the SAM head)",
+            name,
+            threshold,
+        )
     label_map = prediction.label_map.cpu().numpy()
     palette = class_palette(len(labels) + 1)[1:]  # skip black so every label has a visible colour
     canvas = Image.fromarray(overlay(image, colorize(label_map, palette)))
     present = sorted(set(label_map.ravel().tolist()))
-    return draw_legend(canvas, [labels[i] for i in present], [palette[i] for i in present])
+    picture = draw_legend(canvas, [labels[i] for i in present], [palette[i] for i in present])
+    if not prediction.prompts:
+        return picture
+    # composed mode: the points the CLIP head gave the SAM head
+    return draw_prompts(picture, points=composed_points(prediction))
+
+
+def composed_points(prediction: SemanticPrediction) -> np.ndarray:
+    """[N, 2] (x, y) input-image pixels: every class's SAM-head prompt points, in class order."""
+    return np.concatenate([prompt.points.cpu().numpy() for prompt in prediction.prompts])
 
 
 def mask_overlay(
@@ -82,9 +104,14 @@ def mask_overlay(
     return draw_prompts(picture, points=points, boxes=boxes)
 
 
-def everything_overlay(model: MergedSamClip, image: np.ndarray, labels: Sequence[str] | None) -> Image.Image:
-    """segment_anything's automatic masks (largest drawn first), named by the CLIP head when ``labels`` are given."""
-    records = sorted(model.generate_masks(image, labels), key=lambda record: -record["area"])
+def everything_overlay(
+    model: MergedSamClip, image: np.ndarray, labels: Sequence[str] | None, **generator_options: Any
+) -> Image.Image:
+    """segment_anything's automatic masks (largest drawn first), named by the CLIP head when ``labels`` are
+    given; ``generator_options`` are ``SamAutomaticMaskGenerator``'s."""
+    records = sorted(
+        model.generate_masks(image, labels, **generator_options), key=lambda record: -record["area"]
+    )
     masks = (
         np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
     )
@@ -173,6 +200,13 @@ def predict_cli(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--everything", action="store_true", help="automatic masks (SamAutomaticMaskGenerator)"
     )
+    parser.add_argument("--points-per-side", type=int, default=32, help="--everything: the point grid's side")
+    parser.add_argument(
+        "--pred-iou-thresh", type=float, default=0.88, help="--everything: keep masks predicting this IoU"
+    )
+    parser.add_argument(
+        "--stability-score-thresh", type=float, default=0.95, help="--everything: keep masks this stable"
+    )
     parser.add_argument(
         "--out", required=True, help="the overlay PNG, or a folder when several images are given"
     )
@@ -204,9 +238,18 @@ def predict_cli(argv: Sequence[str]) -> None:
         if ovsam:
             result = labelled_mask_overlay(model, image, points, boxes, labels)
         elif args.everything:
-            result = everything_overlay(model, image, labels)
+            result = everything_overlay(
+                model,
+                image,
+                labels,
+                points_per_side=args.points_per_side,
+                pred_iou_thresh=args.pred_iou_thresh,
+                stability_score_thresh=args.stability_score_thresh,
+            )
         elif labels is not None:
-            result = semantic_overlay(model, image, labels, args.mode, args.threshold, args.composed_protocol)
+            result = semantic_overlay(
+                model, image, labels, args.mode, args.threshold, args.composed_protocol, name=str(path)
+            )
         else:
             result = mask_overlay(model, image, points, boxes)
         assert result.size == (image.shape[1], image.shape[0])

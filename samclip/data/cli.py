@@ -42,7 +42,7 @@ def _sa1b_manifest(args: argparse.Namespace) -> None:
 
 def _preview(args: argparse.Namespace) -> None:
     from samclip.data.clip_stream import ClipStream
-    from samclip.data.preview import save_clip_preview, save_sam_preview
+    from samclip.data.preview import read_captions, save_clip_preview, save_sam_preview
     from samclip.data.sam_stream import SamStream
 
     common = dict(seed=args.seed, num_workers=0, resampled=True, steps_per_epoch=1)
@@ -66,7 +66,9 @@ def _preview(args: argparse.Namespace) -> None:
             base_resolution=resolution,
             **common,
         )
-        path = save_clip_preview(next(iter(stream)), args.out)
+        batch = next(iter(stream))
+        captions = None if args.no_captions else read_captions(args.urls, batch.keys)
+        path = save_clip_preview(batch, args.out, captions=captions)
     print(f"wrote {path}")
 
 
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     manifest.set_defaults(func=_sa1b_manifest)
 
     preview = commands.add_parser(
-        "preview", help="a PNG of one batch as the trainer sees it (SAM: masks, boxes, points drawn)"
+        "preview",
+        help="a PNG of one batch as the trainer sees it (SAM: masks, boxes, points; CLIP: crops, captions)",
     )
     preview.add_argument("stream", choices=["sam", "clip"])
     preview.add_argument("urls", nargs="+", help="shards or directories (brace patterns allowed)")
@@ -113,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     preview.add_argument("--masks-per-image", type=int, default=32)
     preview.add_argument("--max-points", type=int, default=1)
     preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument(
+        "--no-captions", action="store_true", help="clip: crops only (captions are read from the shards)"
+    )
     preview.set_defaults(func=_preview)
 
     argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))

@@ -80,6 +80,8 @@ def resolve_encoder(
                 raise ValueError(
                     "encoder=teacher needs eval.teacher_model (or a checkpoint that records one)"
                 )
-            teacher_model, teacher_pretrained = model.clip_teacher.model_name, model.clip_teacher.pretrained
+            teacher_model = model.clip_teacher.model_name
+            # The file as it is now (the run dir may have moved since training).
+            teacher_pretrained = model.clip_teacher.resolve_pretrained(model.source.get("path"))
         return teacher_encoder(teacher_model, teacher_pretrained, device if model is None else model.device)
     raise ValueError(f"unknown encoder {encoder!r}; use 'student' or 'teacher'")

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from samclip.eval.datasets.semseg import SegmentationDataset, open_segmentation_dataset
+from samclip.eval.datasets.workers import usable_num_workers
 from samclip.eval.metrics import IGNORE_INDEX, ConfusionMatrix
 from samclip.eval.seg_heads import HEADS, build_head
 from samclip.eval.transforms import resize_square, to_float_tensor
@@ -249,6 +250,7 @@ def _train_loader(
     num_workers: int,
     seed: int,
 ) -> DataLoader:
+    num_workers = usable_num_workers(num_workers)
     return DataLoader(
         _AugmentedImages(dataset, resolution, scale_range, flip),
         batch_size=batch_size,

@@ -3,6 +3,7 @@ SAM head in SAM's frame (``mode=composed``); mIoU and per-class IoU from one con
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from samclip.eval.zeroshot import segment_with_both_heads, segment_with_clip_hea
 from samclip.inference import MergedSamClip
 
 MODES = ("clip", "composed")
+MAX_LISTED_FALLBACKS = 50  # results.json names at most this many fallback images (all are counted)
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_semseg(
@@ -50,6 +54,7 @@ def evaluate_semseg(
     confusion = ConfusionMatrix(len(dataset.classnames))
     palette = class_palette(len(dataset.classnames))
     pairs = dataset.pairs[:max_images] if max_images is not None else dataset.pairs
+    fallbacks = []  # composed mode: images where no class passed the threshold
     for index, (image_path, label_path) in enumerate(tqdm(pairs, desc=f"{dataset.name} {mode}")):
         sample = dataset.load(image_path, label_path)
         if mode == "clip":
@@ -66,6 +71,8 @@ def evaluate_semseg(
                 generator=generator,
                 protocol=composed_protocol,
             )
+        if prediction.fell_back:
+            fallbacks.append(sample.name)
         label_map = prediction.label_map.cpu().numpy()
         confusion.update(label_map, sample.label)
         if index < num_visualize:
@@ -78,10 +85,24 @@ def evaluate_semseg(
                 classnames=dataset.classnames,
             )
     iou = confusion.iou()
+    composed = {}
+    if mode == "composed":
+        if fallbacks:
+            log.warning(
+                "%s composed: on %d of %d images no class passed threshold %g; those maps are the %s",
+                dataset.name, len(fallbacks), len(pairs), threshold,
+                "CLIP head's" if composed_protocol == "paper" else "fallback (background or CLIP head)",
+            )  # fmt: skip
+        composed = {
+            "composed_protocol": composed_protocol,
+            "threshold": threshold,
+            "num_fallback_images": len(fallbacks),  # no class passed the threshold: no SAM prompt at all
+            "fallback_images": fallbacks[:MAX_LISTED_FALLBACKS],
+        }
     return {
         "dataset": dataset.name,
         "mode": mode,
-        **({"composed_protocol": composed_protocol} if mode == "composed" else {}),
+        **composed,
         "resolution": resolution if mode == "clip" else model.config.image_size,
         "mIoU": 100.0 * confusion.miou(),
         "pixel_accuracy": 100.0 * confusion.pixel_accuracy(),

@@ -107,7 +107,10 @@ def plot_sweep(points: Sequence[Mapping[str, Any]], path: Path) -> None:
         return
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
-        for key in (m for m in metrics if m.startswith(f"{task}/") and not m.endswith("num_images")):
+        # Counts (num_images, num_classes) are not metrics to plot against α.
+        for key in (
+            m for m in metrics if m.startswith(f"{task}/") and not m.split("/")[-1].startswith("num_")
+        ):
             series = [(row["alpha"], row[key]) for row in points if isinstance(row.get(key), int | float)]
             if series:
                 axis.plot(*zip(*series, strict=True), marker="o", label=key.split("/", 1)[1])

@@ -57,6 +57,8 @@ class SemanticPrediction(NamedTuple):
     label_map: torch.Tensor  # [H, W] long: index into the class list, at the input image's size
     clip_logits: torch.Tensor  # [C, H, W] cosine similarities of the CLIP head's patches, upsampled
     prompts: tuple[ClassPrompt, ...] = ()  # composed mode: the SAM head's prompts, in class order
+    # composed mode: no class passed the threshold, so the map is the CLIP head's (or background) alone
+    fell_back: bool = False
 
 
 def patch_cosine(patch_embeds: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
@@ -153,7 +155,7 @@ def segment_with_both_heads(
             if paper or background_index is None
             else torch.full_like(clip_labels, background_index)
         )
-        return SemanticPrediction(label_map=fallback, clip_logits=full_cosine)
+        return SemanticPrediction(label_map=fallback, clip_logits=full_cosine, fell_back=True)
     stacked = torch.stack(sam_logits)
     best, best_index = stacked.max(0)
     labels = torch.as_tensor([p.class_index for p in prompts], device=best_index.device)[best_index]

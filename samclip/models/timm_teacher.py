@@ -2,9 +2,10 @@
 
 What the trainer needs of a CLIP teacher (``teacher.clip._target_``): a ``FrozenTeacher`` (frozen, eval mode)
 with ``model_name``, ``embed_dim`` and ``encode_image(images) -> [B, embed_dim]`` for float images in [0, 1]
-at any square size (the teacher resizes and normalises them itself). ``encode_text`` is needed only where
-text is (zero-shot evaluation, labels); a teacher without it trains the CLIP head, and the merged model then
-has no text tower of its own.
+at any square size (the teacher resizes and normalises them itself). Text is needed only for zero-shot
+evaluation and labels: final.pt records the teacher's ``_target_`` and arguments, and labels rebuild it and
+use its ``model.encode_text(tokens)`` and ``tokenizer`` (as ``ClipTeacher`` has). A teacher without them, as
+this one, trains the CLIP head, and the merged model then gives masks and image embeddings only.
 
     teacher:
       clip:

@@ -6,7 +6,6 @@ stage, bad resolution or batch, a trained head without loss, missing files) run 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,12 +168,11 @@ def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel, teachers: S
     return instantiate(node, student=student)
 
 
-def clip_teacher_spec(cfg: DictConfig) -> ClipTeacherSpec:
-    """Which CLIP model provides the text encoder, written into final.pt (files as absolute paths)."""
-    pretrained = cfg.teacher.clip.pretrained
-    if pretrained is not None and is_checkpoint_path(pretrained):
-        pretrained = os.path.abspath(pretrained)
-    return ClipTeacherSpec(model_name=cfg.teacher.clip.model_name, pretrained=pretrained)
+def clip_teacher_spec(cfg: DictConfig, run_dir: str | Path | None = None) -> ClipTeacherSpec:
+    """The CLIP teacher as configured (``_target_`` and arguments), written into final.pt: it provides the
+    text tower. Its weights file is recorded as an absolute path and relative to ``run_dir``."""
+    node = OmegaConf.to_container(cfg.teacher.clip, resolve=True)
+    return ClipTeacherSpec.from_config(node, run_dir)
 
 
 def build_streams(cfg: DictConfig, stage: Stage, env: DistEnv) -> dict[str, Any]:

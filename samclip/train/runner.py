@@ -116,7 +116,7 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     model = _build_student(
         cfg, stage, from_sam_checkpoint=resume_path is None and source is None, source=source
     )
-    spec = builder.clip_teacher_spec(cfg)
+    spec = builder.clip_teacher_spec(cfg, run_dir)
     validator = builder.build_validator(
         cfg,
         stage,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tarfile
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,15 @@ from PIL import Image
 
 from samclip.data import ClipBatch, SamBatch
 from samclip.data.cli import main as data_cli
-from samclip.data.preview import MASK_ALPHA, _colour, draw_sam_image, save_clip_preview
+from samclip.data.preview import (
+    CAPTION_TILE,
+    MASK_ALPHA,
+    _colour,
+    draw_sam_image,
+    read_captions,
+    save_clip_preview,
+    with_caption,
+)
 from samclip.models.prompts import SamPrompts
 
 
@@ -52,6 +62,38 @@ def test_clip_preview_is_a_grid_of_the_crops(tmp_path):
     np.testing.assert_array_equal(sheet[:16, :16], first)
 
 
+def test_captions_are_the_shards_txt_of_the_batch_keys(tmp_path):
+    from samclip.data.clip_stream import ClipStream
+
+    data_cli(["synth", "--out", str(tmp_path / "data")])
+    shards = sorted((tmp_path / "data" / "clip").glob("*.tar"))
+    expected = {}
+    for shard in shards:  # read independently of webdataset
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".txt"):
+                    expected[member.name[: -len(".txt")]] = tar.extractfile(member).read().decode()
+    stream = ClipStream(
+        str(tmp_path / "data" / "clip"), resolutions=[32], base_batch_size=6, base_resolution=32, seed=1,
+        num_workers=0, resampled=True, steps_per_epoch=1,
+    )  # fmt: skip
+    keys = next(iter(stream)).keys
+    captions = read_captions(str(tmp_path / "data" / "clip"), keys)
+    assert captions == [expected[key] for key in keys] and len(set(captions)) > 1
+
+
+def test_a_caption_is_written_under_its_crop():
+    crop = Image.fromarray(np.full((32, 32, 3), 90, np.uint8))
+    tile = np.asarray(with_caption(crop, "a red square on grey"))
+    assert tile.shape[1] == CAPTION_TILE and tile.shape[0] > CAPTION_TILE
+    assert (tile[:CAPTION_TILE] == 90).all()  # the crop, scaled
+    band = tile[CAPTION_TILE:]
+    blank = np.asarray(with_caption(crop, " "))[CAPTION_TILE:]
+    assert (band < 128).any() and not np.array_equal(band, blank)
+    other = np.asarray(with_caption(crop, "two blue circles"))[CAPTION_TILE:]
+    assert not np.array_equal(band, other)
+
+
 def test_preview_cli_on_synthetic_data(tmp_path, capsys):
     data_cli(["synth", "--out", str(tmp_path / "data")])
     data_cli(
@@ -81,7 +123,8 @@ def test_preview_cli_on_synthetic_data(tmp_path, capsys):
         ]
     )
     assert Image.open(tmp_path / "sam.png").size == (1024, 512)
-    assert Image.open(tmp_path / "clip.png").size == (256, 64)
+    width, height = Image.open(tmp_path / "clip.png").size
+    assert width == 4 * CAPTION_TILE and height > CAPTION_TILE  # four captioned crops in a row
     assert "wrote" in capsys.readouterr().out
 
 

@@ -118,9 +118,13 @@ def test_composed_mode_without_confident_classes_predicts_background(merged, voc
     assert results["per_class"]["background"] == 0.0
     assert results["mIoU"] == 0.0 and results["pixel_accuracy"] == 0.0
     assert results["composed_protocol"] == "weighted"
+    # Counted per image: no class passed the threshold on either.
+    assert results["num_fallback_images"] == 2 == results["num_images"]
+    assert results["fallback_images"] == ["2007_000001", "2007_000002"]
     image = np.asarray(Image.open(voc_root / "JPEGImages" / "2007_000001.jpg"))
     paper = merged.semantic_segment(image, VOC_CLASSES, mode="composed", threshold=1.5, background_index=0)
     assert not paper.prompts and torch.equal(paper.label_map, paper.clip_logits.argmax(0))
+    assert paper.fell_back
 
 
 def test_composed_mode_is_reproducible_with_its_seed(merged, voc_root, tmp_path):
@@ -128,6 +132,7 @@ def test_composed_mode_is_reproducible_with_its_seed(merged, voc_root, tmp_path)
         merged, tmp_path, layout="voc", root=str(voc_root), mode="composed", threshold=0.05, max_images=1
     )
     assert results["resolution"] == merged.config.image_size and results["num_images"] == 1
+    assert results["num_fallback_images"] == 0 and results["fallback_images"] == []
     image = np.asarray(Image.open(voc_root / "JPEGImages" / "2007_000001.jpg"))
     label_maps = [
         merged.semantic_segment(

@@ -66,6 +66,9 @@ def test_a_two_rank_run_resumes_on_one_rank_from_the_same_step(
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    # Rank 0 alone logs: the stage's start is announced once, not once per rank.
+    output = result.stdout + result.stderr
+    assert output.count("head_probe: starting from") == 1, output[-4000:]
     stage = run_dir / "head_probe"
     two_ranks = [line for line in read_metrics(stage / "metrics.jsonl") if "loss" in line]
     # The job is rescheduled on one rank after step 10's checkpoint.

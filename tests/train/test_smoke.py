@@ -46,6 +46,10 @@ def test_smoke_runs_all_three_stages(smoke_run: Path) -> None:
         assert model.config.image_size == 256
         # The text encoder's source is a teacher file inside the run dir, loadable by path.
         assert final.clip_teacher.pretrained == str(smoke_run / "teachers" / "clip_tiny.pt")
+        # ... and relative to the run dir, with its hash, so it is found after the run dir moves.
+        assert final.clip_teacher.pretrained_in_run_dir == "teachers/clip_tiny.pt"
+        assert final.clip_teacher.target == "samclip.models.teachers.ClipTeacher"
+        assert len(final.clip_teacher.pretrained_sha256) == 64
         lines = read_metrics(smoke_run / stage / "metrics.jsonl")
         metrics = [m for m in lines if "loss" in m]
         assert [m["step"] for m in metrics] == list(range(1, expected_steps[stage] + 1))

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchvision.datasets import ImageFolder
 
 from samclip.eval.datasets.classnames import prompt_names
+from samclip.eval.datasets.workers import usable_num_workers
 
 IMAGE_KEYS = "jpg;jpeg;png;webp"
 
@@ -64,7 +65,9 @@ def image_folder_loader(
     if not root.is_dir():
         raise FileNotFoundError(f"ImageFolder root {root} does not exist")
     dataset = ImageFolderByNumber(str(root), transform=transform)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=usable_num_workers(num_workers), shuffle=False
+    )
     return loader, list(dataset.classes)
 
 
@@ -84,7 +87,7 @@ def webdataset_loader(
         .map_tuple(transform, _as_label)
         .batched(batch_size, partial=True)
     )
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=None, num_workers=usable_num_workers(num_workers))
 
 
 def _as_label(value: object) -> int:
