@@ -41,8 +41,7 @@ def rle_counts(counts: str | bytes) -> np.ndarray:
     number = np.repeat(np.arange(ends.size), np.diff(np.concatenate([[-1], ends])))
     first = np.concatenate([[0], ends[:-1] + 1])
     position = np.arange(chars.size) - first[number]
-    values = np.zeros(ends.size, dtype=np.int64)
-    np.add.at(values, number, (chars & 0x1F) << (5 * position))
+    values = np.add.reduceat((chars & 0x1F) << (5 * position), first)
     negative = (chars[ends] & 0x10) != 0  # sign bit of each number's last 5-bit group
     values[negative] -= np.int64(1) << (5 * (position[ends][negative] + 1))
     # From the fourth run on, runs are stored as differences to the run two before.
@@ -54,6 +53,11 @@ def rle_counts(counts: str | bytes) -> np.ndarray:
 
 def check_rle(segmentation: object, height: int, width: int) -> dict:
     """A valid compressed RLE of an ``height x width`` mask, or ``BadSample('malformed_rle')``."""
+    return check_rle_runs(segmentation, height, width)[0]
+
+
+def check_rle_runs(segmentation: object, height: int, width: int) -> tuple[dict, np.ndarray]:
+    """:func:`check_rle` and the run lengths it checked (column-major, starting with background)."""
     if not isinstance(segmentation, dict) or "size" not in segmentation or "counts" not in segmentation:
         raise BadSample("malformed_rle", f"segmentation is not an RLE dict: {str(segmentation)[:80]}")
     size, counts = segmentation["size"], segmentation["counts"]
@@ -67,7 +71,8 @@ def check_rle(segmentation: object, height: int, width: int) -> dict:
         raise BadSample("malformed_rle", str(exn)) from exn
     if (runs < 0).any() or int(runs.sum()) != height * width:
         raise BadSample("malformed_rle", f"run lengths sum to {int(runs.sum())}, not h*w = {height * width}")
-    return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return rle, runs
 
 
 @dataclass
