@@ -26,7 +26,7 @@ def _device_pixels(images: torch.Tensor, device: torch.device | str) -> torch.Te
     return uint8_to_unit(moved).contiguous() if moved.dtype == torch.uint8 else moved
 
 
-def _restore_sam_padding(images: torch.Tensor, sizes: list[list[int]]) -> torch.Tensor:
+def restore_sam_padding(images: torch.Tensor, sizes: list[list[int]]) -> torch.Tensor:
     """Exact ``SAM_PAD_VALUE`` outside each image's (h, w) in a [B, 3, S, S] float batch, in place."""
     pad = images.new_tensor(SAM_PAD_VALUE).view(3, 1, 1)
     for image, (height, width) in zip(images, sizes, strict=True):
@@ -49,7 +49,7 @@ class ClipBatch:
         framed = self.frame_sizes is not None and self.images.dtype == torch.uint8
         images = _device_pixels(self.images, device)
         if framed:
-            images = _restore_sam_padding(images, self.frame_sizes.tolist())
+            images = restore_sam_padding(images, self.frame_sizes.tolist())
         return replace(self, images=images)
 
     def pin_memory(self) -> ClipBatch:
@@ -77,7 +77,7 @@ class SamBatch:
         convert = self.images.dtype == torch.uint8
         images = _device_pixels(self.images, device)
         if convert:
-            images = _restore_sam_padding(images, self.input_sizes.tolist())
+            images = restore_sam_padding(images, self.input_sizes.tolist())
         return replace(
             self,
             images=images,

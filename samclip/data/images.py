@@ -59,9 +59,10 @@ def decode_image_reduced(data: bytes, min_size: Callable[[int, int], tuple[int, 
         swapped = image.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS
         stored_width, stored_height = image.size
         full_width, full_height = (stored_height, stored_width) if swapped else (stored_width, stored_height)
-        if min_size is not None and image.format == "JPEG":
+        if min_size is not None:
             width, height = min_size(full_width, full_height)
-            image.draft(image.mode, (height, width) if swapped else (width, height))
+            if image.format == "JPEG" and (width, height) != (full_width, full_height):
+                image.draft(image.mode, (height, width) if swapped else (width, height))
         image.load()
         image = ImageOps.exif_transpose(image)
     except Image.UnidentifiedImageError as exn:
