@@ -22,8 +22,7 @@ SAM_PAD_VALUE_UINT8 = tuple(round(v * 255) for v in SAM_PAD_VALUE)
 
 def _device_pixels(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     moved = images.to(device, non_blocking=True)
-    # Streams may lay pixels out channels-last (PIL's layout); models get the contiguous layout.
-    return uint8_to_unit(moved).contiguous() if moved.dtype == torch.uint8 else moved
+    return uint8_to_unit(moved) if moved.dtype == torch.uint8 else moved
 
 
 def restore_sam_padding(images: torch.Tensor, sizes: list[list[int]]) -> torch.Tensor:

@@ -10,6 +10,7 @@ boxes are exact, points are uniform over the resized mask, and a mask is painted
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -86,6 +87,35 @@ class RunMask:
         np.add.at(column_major, column * out_height + self.i1[piece], -1)
         painted = np.cumsum(column_major[:-1]) > 0
         return painted.reshape(out_width, out_height).T
+
+
+def resize_runs_many(runs: np.ndarray, per_mask: np.ndarray, frame: ResizedFrame) -> list[RunMask]:
+    """:func:`resize_runs` of several masks whose runs are concatenated (``per_mask`` runs each).
+
+    The masks are laid end to end as one mask of ``len(per_mask) * width`` columns: each one's runs sum
+    to h*w, so its pixels keep their column-major order; a mask with an odd number of runs (ending on
+    background) gets an empty foreground run, so that the next one starts on background.
+    """
+    height, width = frame.height, frame.width
+    odd = np.flatnonzero(per_mask % 2 == 1)
+    runs = np.insert(runs, (np.cumsum(per_mask))[odd], 0)
+    bounds = np.cumsum(runs)
+    starts, ends = bounds[0::2], bounds[1::2]
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    first_col, last_col = starts // height, (ends - 1) // height
+    spans = last_col - first_col + 1
+    run = np.repeat(np.arange(starts.size), spans)
+    global_col = first_col[run] + (np.arange(run.size) - np.repeat(np.cumsum(spans) - spans, spans))
+    r0 = np.where(global_col == first_col[run], starts[run] - global_col * height, 0)
+    r1 = np.where(global_col == last_col[run], ends[run] - global_col * height, height)
+    mask, col = np.divmod(global_col, width)
+    i0, i1 = np.searchsorted(frame.rows, r0), np.searchsorted(frame.rows, r1)
+    j0, j1 = np.searchsorted(frame.cols, col), np.searchsorted(frame.cols, col, side="right")
+    visible = (i1 > i0) & (j1 > j0)
+    mask, i0, i1, j0, j1 = mask[visible], i0[visible], i1[visible], j0[visible], j1[visible]
+    cuts = np.searchsorted(mask, np.arange(per_mask.size + 1))
+    return [RunMask(i0[a:b], i1[a:b], j0[a:b], j1[a:b]) for a, b in pairwise(cuts)]
 
 
 def resize_runs(runs: np.ndarray, frame: ResizedFrame) -> RunMask:

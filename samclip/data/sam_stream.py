@@ -16,12 +16,12 @@ from samclip.data.images import DecodedImage, decode_image, decode_image_reduced
 from samclip.data.manifest import read_manifest
 from samclip.data.prompts_sampling import sample_prompts, sample_prompts_from_boxes
 from samclip.data.resolution import per_rank_batch_size
-from samclip.data.rle_runs import ResizedFrame, RunMask, resize_runs
+from samclip.data.rle_runs import ResizedFrame, RunMask, resize_runs_many
 from samclip.data.sa1b import (
     SAMPLE_ERRORS,
     Sa1bRecord,
     annotation_area,
-    check_rle_runs,
+    check_rles_runs,
     decode_masks,
     image_id_from_key,
     parse_annotation_file,
@@ -86,8 +86,9 @@ def prepare_sa1b_sample(
 
 def _sampled_runs(
     raw: dict, sampling: SamSampling, rng: np.random.Generator
-) -> tuple[Sa1bRecord, list[tuple[dict, np.ndarray]]]:
-    """The record and the checked (RLE, runs) of up to ``masks_per_image`` masks of area >= the minimum."""
+) -> tuple[Sa1bRecord, list[dict], np.ndarray, np.ndarray]:
+    """The record, and the checked RLEs, concatenated runs and runs per mask (``check_rles_runs``) of
+    up to ``masks_per_image`` masks of area >= the minimum."""
     if "json" not in raw:
         raise BadSample("missing_json" if "jpg" in raw else "no_image", f"files: {sorted(raw)}")
     if "jpg" not in raw:
@@ -105,8 +106,10 @@ def _sampled_runs(
     if not candidates:
         raise BadSample("no_usable_annotation", f"no mask of area >= {sampling.min_mask_area}")
     chosen = rng.permutation(len(candidates))[: sampling.masks_per_image]
-    checked = [check_rle_runs(candidates[i].get("segmentation"), record.height, record.width) for i in chosen]
-    return record, checked
+    rles, runs, per_mask = check_rles_runs(
+        [candidates[i].get("segmentation") for i in chosen], record.height, record.width
+    )
+    return record, rles, runs, per_mask
 
 
 def _check_image_size(decoded: DecodedImage, record: Sa1bRecord) -> None:
@@ -121,16 +124,16 @@ def _check_image_size(decoded: DecodedImage, record: Sa1bRecord) -> None:
 def _prepare_sa1b_sample(
     raw: dict, sampling: SamSampling, rng: np.random.Generator, reference: bool
 ) -> SamImage:
-    record, checked = _sampled_runs(raw, sampling, rng)
+    record, rles, runs, per_mask = _sampled_runs(raw, sampling, rng)
     height, width = resized_longest_side_shape(record.height, record.width, sampling.image_size)
     if reference:
-        return _prepare_from_decoded_masks(raw, sampling, rng, record, [rle for rle, _ in checked])
+        return _prepare_from_decoded_masks(raw, sampling, rng, record, rles)
     decoded = decode_image_reduced(
         raw["jpg"], (lambda w, h: (width, height)) if sampling.draft_decode else None
     )
     _check_image_size(decoded, record)
     frame = ResizedFrame.of(record.height, record.width, height, width)
-    masks = [m for m in (resize_runs(runs, frame) for _, runs in checked) if m.i0.size]
+    masks = [m for m in resize_runs_many(runs, per_mask, frame) if m.i0.size]
     if not masks:  # masks too small to survive the resize
         raise BadSample("no_usable_annotation", f"every sampled mask vanished at {height}x{width}")
     prompts, order = sample_prompts_from_boxes(
@@ -159,16 +162,17 @@ def sam_frame_pixels(image: Image.Image, height: int, width: int, size: int) -> 
     """``image`` resized to (height, width) and padded into a [3, size, size] uint8 SAM frame.
 
     segment_anything's ResizeLongestSide resizes with PIL's bilinear filter; torch's antialiased uint8
-    bilinear computes the same filter about twice as fast (within one grey level, see BENCHMARKS.md).
-    The frame is channels-last in memory (a [size, size, 3] buffer seen as [3, size, size]): PIL's pixel
-    layout, so no transposing copy on the CPU; ``SamBatch.to`` makes it contiguous on the device.
+    bilinear computes the same filter about twice as fast (within one grey level, see BENCHMARKS.md),
+    reading PIL's interleaved pixels directly and writing planes, so no transposing copy is needed.
     """
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
     resized = F.interpolate(pixels, (height, width), mode="bilinear", antialias=True, align_corners=False)
-    framed = torch.empty(size, size, 3, dtype=torch.uint8)
-    framed[:] = torch.tensor(SAM_PAD_VALUE_UINT8, dtype=torch.uint8)
-    framed[:height, :width] = resized[0].permute(1, 2, 0)
-    return framed.permute(2, 0, 1)
+    framed = torch.empty(3, size, size, dtype=torch.uint8)
+    for channel, value in enumerate(SAM_PAD_VALUE_UINT8):  # plane by plane: contiguous fills
+        framed[channel, height:] = value
+        framed[channel, :height, width:] = value
+    framed[:, :height, :width] = resized[0]
+    return framed
 
 
 def _prepare_from_decoded_masks(
@@ -241,7 +245,7 @@ class SamBatchBuilder(BatchBuilder[SamBatch]):
                 framed[:, :height, :width] = torch.from_numpy(sample.mask_array())
                 gt_masks.append(framed)
         return SamBatch(
-            images=torch.stack([s.image.permute(1, 2, 0) for s in samples]).permute(0, 3, 1, 2),
+            images=torch.stack([s.image for s in samples]),
             input_sizes=torch.tensor([s.input_size for s in samples], dtype=torch.int64),
             original_sizes=torch.tensor([s.original_size for s in samples], dtype=torch.int64),
             prompts=prompts,
