@@ -88,8 +88,8 @@ def crop_view_pixels(
     """``view`` (in stored pixels) of ``decoded`` resized to ``resolution``: [3, R, R] uint8.
 
     Crop, then resize (torchvision's resized_crop: no pixel outside the crop is filtered in), with torch's
-    antialiased uint8 bicubic (open_clip resizes bicubic with PIL: the same filter in fixed point, at most
-    one grey level apart, 3-4x faster). ``sam_frame``: the crop keeps its aspect, framed as SAM frames its
+    antialiased uint8 bicubic (open_clip resizes bicubic with PIL: the same filter in fixed point, one or
+    two grey levels apart on a few pixels in a thousand, 3-4x faster). ``sam_frame``: the crop keeps its aspect, framed as SAM frames its
     input (longest side to ``resolution``, bilinear as ``ResizeLongestSide``), padded bottom/right with
     ``SAM_PAD_VALUE_UINT8`` (``ClipBatch.to`` writes the exact pad value back). A reduced-scale decode
     (``decoded.scale`` < 1) has the crop box scaled to its pixels.

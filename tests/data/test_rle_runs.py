@@ -9,15 +9,18 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from sample_layouts import web_members
 
 from samclip.data.bad_samples import BadSample
 from samclip.data.batches import ClipBatch, SamBatch
 from samclip.data.clip_stream import ClipStream
+from samclip.data.device_prefetch import DevicePrefetcher
 from samclip.data.images import decode_image_reduced
 from samclip.data.prompts_sampling import mask_boxes
 from samclip.data.rle_runs import ResizedFrame, resize_runs, resize_runs_many
 from samclip.data.sa1b import check_rles_runs, decode_masks, rle_counts
 from samclip.data.sam_stream import SamStream
+from samclip.data.synth import write_tar
 from samclip.models.preprocess import SAM_PAD_VALUE
 
 
@@ -222,3 +225,39 @@ def test_a_bad_string_among_many_is_the_same_bad_sample() -> None:
         check_rles_runs([good, short, good], 6, 7)
     with pytest.raises(BadSample, match="outside the 6-bit alphabet"):
         check_rles_runs([good, {"size": [6, 7], "counts": "ab~"}], 6, 7)
+
+
+def test_device_prefetcher_on_cpu_is_batch_to_device() -> None:
+    pixels = [torch.randint(0, 256, (1, 3, 4, 4), dtype=torch.uint8) for _ in range(3)]
+    batches = list(DevicePrefetcher(iter([ClipBatch(p, 4) for p in pixels]), "cpu"))
+    assert len(batches) == 3
+    for batch, source in zip(batches, pixels, strict=True):
+        assert torch.equal(batch.images, source.float() / 255.0)
+
+
+def test_a_bad_clip_sample_does_not_shift_the_views_after_it(tmp_path) -> None:
+    """The view is drawn before decoding; a sample that proves bad gives its draws back."""
+    members = web_members(0, 12)
+    name, jpg = members[3 * 3]
+    members[3 * 3] = (name, jpg[: len(jpg) // 2])  # sample 3's JPEG cut short: its header still opens
+    write_tar(str(tmp_path / "00000.tar"), members)
+
+    def stream(reference: bool) -> ClipStream:
+        clip = ClipStream(
+            str(tmp_path / "00000.tar"),
+            resolutions=[32],
+            base_batch_size=4,
+            base_resolution=32,
+            num_workers=0,
+            steps_per_epoch=2,
+            crop_scale=(0.3, 1.0),
+            draft_decode=False,
+        )
+        clip.builder.reference = reference
+        return clip
+
+    ours, theirs = list(stream(False)), list(stream(True))
+    assert [b.keys for b in ours] == [b.keys for b in theirs]
+    assert "000000003" not in [key for b in ours for key in b.keys]
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert (mine.to("cpu").images * 255 - reference.images * 255).abs().round().mean() < 0.2
