@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,6 +172,13 @@ def decode_clip_sample(raw: dict) -> tuple[str, Image.Image]:
     return raw["__key__"], decode_image(image_bytes(raw))
 
 
+def decode_clip_sample_reduced(
+    raw: dict, min_size: Callable[[int, int], tuple[int, int]] | None
+) -> tuple[str, DecodedImage]:
+    """:func:`decode_clip_sample` at the smallest scale ``min_size`` allows (``decode_image_reduced``)."""
+    return raw["__key__"], decode_image_reduced(image_bytes(raw), min_size)
+
+
 class ClipBatchBuilder(BatchBuilder[ClipBatch]):
     stream_name = "clip"
 
@@ -215,11 +222,11 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
 
         state = rng.bit_generator.state
         try:
-            decoded = decode_image_reduced(image_bytes(raw), decode_size if self.train else None)
+            key, decoded = decode_clip_sample_reduced(raw, decode_size if self.train else None)
         except BadSample:
             rng.bit_generator.state = state
             raise
-        return raw["__key__"], decoded, views[0] if views else None
+        return key, decoded, views[0] if views else None
 
     def build(self, global_step: int, reader: SampleReader, rng: np.random.Generator) -> ClipBatch:
         resolution, batch_size = self.schedule.per_rank_at(global_step)
