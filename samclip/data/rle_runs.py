@@ -78,15 +78,21 @@ class RunMask:
 
     def paint(self, out_height: int, out_width: int) -> np.ndarray:
         """The mask as [out_height, out_width] bool."""
-        column_major = np.zeros(out_width * out_height + 1, dtype=np.int32)
+        column_major = np.zeros(out_width * out_height, dtype=bool)
         widths = self.j1 - self.j0
-        # One column-major interval per (rectangle, column): +1 where it starts, -1 where it ends.
-        piece = np.repeat(np.arange(widths.size), widths)
-        column = self.j0[piece] + (np.arange(piece.size) - np.repeat(np.cumsum(widths) - widths, widths))
-        np.add.at(column_major, column * out_height + self.i0[piece], 1)
-        np.add.at(column_major, column * out_height + self.i1[piece], -1)
-        painted = np.cumsum(column_major[:-1]) > 0
-        return painted.reshape(out_width, out_height).T
+        if widths.size:
+            # One column-major interval per (rectangle, column): +1 where it starts, -1 where it ends,
+            # summed over the span the mask covers only.
+            piece = np.repeat(np.arange(widths.size), widths)
+            column = self.j0[piece] + (np.arange(piece.size) - np.repeat(np.cumsum(widths) - widths, widths))
+            starts, ends = column * out_height + self.i0[piece], column * out_height + self.i1[piece]
+            low, high = int(starts.min()), int(ends.max())
+            toggles = (
+                np.bincount(starts - low, minlength=high - low)
+                - np.bincount(ends - low, minlength=high - low + 1)[: high - low]
+            )
+            column_major[low:high] = np.cumsum(toggles) > 0
+        return column_major.reshape(out_width, out_height).T
 
 
 def resize_runs_many(runs: np.ndarray, per_mask: np.ndarray, frame: ResizedFrame) -> list[RunMask]:
