@@ -261,3 +261,19 @@ def test_a_bad_clip_sample_does_not_shift_the_views_after_it(tmp_path) -> None:
     assert "000000003" not in [key for b in ours for key in b.keys]
     for mine, reference in zip(ours, theirs, strict=True):
         assert (mine.to("cpu").images * 255 - reference.images * 255).abs().round().mean() < 0.2
+
+
+def test_pin_memory_reaches_the_batches(synth, monkeypatch) -> None:
+    """With pin_memory, each batch's own pin_memory runs: in the main process (num_workers=0), and in
+    the DataLoader's pinning thread through the worker output's pin_memory (no CUDA here to pin for real)."""
+    from samclip.data import stream as stream_module
+
+    pinned = []
+    monkeypatch.setattr(ClipBatch, "pin_memory", lambda self: pinned.append(self.keys) or self)
+    batches = list(clip_stream(synth, False, True))
+    assert not pinned
+    stream = clip_stream(synth, False, True)
+    stream.pin_memory = True
+    assert [b.keys for b in stream] == [b.keys for b in batches] == pinned
+    output = stream_module._WorkerOutput(batches[0], 0, [], {}, [])
+    assert output.pin_memory().batch is batches[0] and pinned[-1] == batches[0].keys
