@@ -1,18 +1,20 @@
-"""Per-worker throughput of the D_CLIP and D_SAM streams next to the raw JPEG decode rate of the same files.
+"""Per-core throughput of the D_CLIP and D_SAM streams, before and after, next to raw JPEG decode of the same files.
 
     python benchmarks/bench_data.py
 
-Writes SA-1B-sized (1500x2250, >= 32 masks) and web-sized (512x384) JPEGs in their real tar layouts to a
-temporary directory, then alternates, ``--repeats`` times: decoding every file with PIL (``load`` +
-RGB), and running each stream in-process (``num_workers=0``, one torch thread: what one DataLoader worker
-does). The ratio stream/decode uses medians from the same run.
+Writes SA-1B-sized samples (1500x2250 JPEGs, 128 overlapping ragged masks of real-length RLE: what
+``samclip-data synth --world throughput`` writes) and 512x384 web JPEGs to a temporary directory, then
+alternates, ``--repeats`` times: decoding every file with PIL (``load`` + RGB), and running each stream
+in-process (``num_workers=0``, one torch thread: what one DataLoader worker on one core does), on its
+former pipeline (``builder.reference``: full decode, PIL resize, float images; D_SAM decodes every sampled
+mask at full size) and on the current one. Ratios are medians of the paired runs. Also prints how far the
+current pixels are from the former ones (draft decode, torch's uint8 resize), in grey levels.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -23,42 +25,10 @@ import time
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from samclip.data.clip_stream import ClipStream
-from samclip.data.images import decode_image, to_tensor
-from samclip.data.prompts_sampling import sample_prompts
-from samclip.data.sa1b import check_rle, nearest_indices, parse_annotation_file
 from samclip.data.sam_stream import SamStream
-from samclip.data.synth import make_sa1b_files, make_web_image, write_tar
-from samclip.models.preprocess import pad_to_square, resized_longest_side_shape
-
-SAM_SIZE = (1500, 2250)
-WEB_SIZE = (384, 512)
-
-
-def write_data(root: str, num_sam: int, num_web: int, seed: int) -> tuple[str, str]:
-    rng = np.random.default_rng(seed)
-    sam_members, num_masks = [], []
-    for image_id in range(1, num_sam + 1):
-        jpg, annotation = make_sa1b_files(
-            image_id, *SAM_SIZE, num_masks=64, rng=rng, noise_std=5, max_radius=0.1
-        )
-        num_masks.append(len(json.loads(annotation)["annotations"]))
-        sam_members += [(f"sa_{image_id}.jpg", jpg), (f"sa_{image_id}.json", annotation)]
-    if min(num_masks) < 32:
-        raise RuntimeError(f"a synthetic SA-1B image has only {min(num_masks)} masks; the benchmark needs 32")
-    web_members = []
-    for index in range(num_web):
-        key = f"{index:09d}"
-        web_members += [
-            (f"{key}.jpg", make_web_image(*WEB_SIZE, rng, noise_std=10)),
-            (f"{key}.txt", b"caption"),
-        ]
-    sam_tar, web_tar = os.path.join(root, "sa_000000.tar"), os.path.join(root, "00000.tar")
-    write_tar(sam_tar, sam_members)
-    write_tar(web_tar, web_members)
-    return sam_tar, web_tar
+from samclip.data.synth import SA1B_SIZE, WEB_SIZE, write_throughput_data
 
 
 def jpegs(tar_path: str) -> list[bytes]:
@@ -66,59 +36,31 @@ def jpegs(tar_path: str) -> list[bytes]:
         return [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")]
 
 
-def decode_rate(files: list[bytes]) -> float:
-    start = time.perf_counter()
+def rates(count: int, wall_start: float, cpu_start: float) -> tuple[float, float]:
+    """(images per wall second, images per CPU second of this process): on a shared machine the second
+    is the per-core figure, the first also counts the time other jobs held the core."""
+    return count / (time.perf_counter() - wall_start), count / (time.process_time() - cpu_start)
+
+
+def decode_rate(files: list[bytes]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
     for data in files:
         image = Image.open(io.BytesIO(data))
         image.load()
         image.convert("RGB")
-    return len(files) / (time.perf_counter() - start)
+    return rates(len(files), wall, cpu)
 
 
-def sam_stage_times(tar_path: str, masks_per_image: int = 32) -> dict[str, float]:
-    """Milliseconds per image of each step of the D_SAM pipeline, run one by one on the same files."""
-    with tarfile.open(tar_path) as tar:
-        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    times = dict.fromkeys(
-        [
-            "JPEG decode",
-            "image resize + pad",
-            "32 masks: pycocotools decode",
-            "32 masks: resample",
-            "prompts",
-        ],
-        0.0,
-    )
-    rng = np.random.default_rng(0)
-    keys = sorted(name[:-4] for name in files if name.endswith(".jpg"))
-    for key in keys:
-        record = parse_annotation_file(files[f"{key}.json"])
-        rles = [
-            check_rle(a["segmentation"], record.height, record.width)
-            for a in record.annotations[:masks_per_image]
-        ]
-        height, width = resized_longest_side_shape(record.height, record.width, 1024)
-        t0 = time.perf_counter()
-        image = decode_image(files[f"{key}.jpg"])
-        t1 = time.perf_counter()
-        pad_to_square(to_tensor(image.resize((width, height), Image.Resampling.BILINEAR))[None], 1024)
-        t2 = time.perf_counter()
-        full = [mask_utils.decode([rle]) for rle in rles]
-        t3 = time.perf_counter()
-        rows, cols = nearest_indices(record.height, height), nearest_indices(record.width, width)
-        masks = np.stack([m[:, :, 0].T[cols][:, rows].T for m in full]).view(bool)
-        t4 = time.perf_counter()
-        sample_prompts(masks, 0, rng, 0.5, 1, 0.1, 20.0)
-        t5 = time.perf_counter()
-        for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
-            times[name] += 1e3 * dt / len(keys)
-    return times
+def stream_rate(stream: ClipStream | SamStream) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    count = sum(len(batch.keys) for batch in stream)  # uint8 batches convert on the device, not here
+    return rates(count, wall, cpu)
 
 
-def stream_rate(stream: ClipStream | SamStream) -> float:
-    start = time.perf_counter()
-    count = sum(len(batch.keys) for batch in stream)
-    return count / (time.perf_counter() - start)
+def level_difference(before: torch.Tensor, after: torch.Tensor) -> tuple[float, float, float]:
+    """(max, mean, fraction of values that differ) of |after - before| in grey levels."""
+    levels = (after.float() * 255 - before.float() * 255).abs().round()
+    return float(levels.max()), float(levels.mean()), float((levels > 0).float().mean())
 
 
 def main() -> None:
@@ -130,72 +72,114 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    load = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
-        sam_tar, web_tar = write_data(root, args.sam_images, args.web_images, seed=0)
+        sam_tar, web_tar = write_throughput_data(root, 0, args.sam_images, args.web_images)
         sam_files, web_files = jpegs(sam_tar), jpegs(web_tar)
         print(
             f"wrote data in {time.perf_counter() - start:.0f}s: {len(sam_files)} SA-1B-sized JPEGs "
-            f"(mean {np.mean([len(f) for f in sam_files]) / 1e3:.0f} kB), {len(web_files)} web-sized JPEGs "
-            f"(mean {np.mean([len(f) for f in web_files]) / 1e3:.0f} kB)"
+            f"(mean {np.mean([len(f) for f in sam_files]) / 1e3:.0f} kB, json "
+            f"{(os.path.getsize(sam_tar) - sum(map(len, sam_files))) / len(sam_files) / 1e3:.0f} kB with "
+            f"128 masks), {len(web_files)} web-sized JPEGs (mean {np.mean([len(f) for f in web_files]) / 1e3:.0f} kB)"
         )
 
-        def clip(resolution: int) -> ClipStream:
-            return ClipStream(
+        def clip(resolution: int, reference: bool, draft: bool = True) -> ClipStream:
+            stream = ClipStream(
                 web_tar,
                 resolutions=[resolution],
                 base_batch_size=32,
                 base_resolution=resolution,
                 num_workers=0,
                 steps_per_epoch=args.web_images // 32,
+                draft_decode=draft,
+                pin_memory=False,
             )
+            stream.builder.reference = reference
+            return stream
 
-        def sam() -> SamStream:
-            return SamStream(
+        def sam(reference: bool, gt_masks: bool = False, draft: bool = True) -> SamStream:
+            stream = SamStream(
                 sam_tar,
                 global_batch_size=1,
                 masks_per_image=32,
                 image_size=1024,
                 max_points=1,
                 box_prompt_fraction=0.5,
+                return_gt_masks=gt_masks,
                 num_workers=0,
                 steps_per_epoch=args.sam_images,
+                draft_decode=draft,
+                pin_memory=False,
             )
+            stream.builder.reference = reference
+            return stream
 
-        # Each stream run right after a decode run of its own files; the ratio is taken per pair.
+        web, sa1b = f"{WEB_SIZE[1]}x{WEB_SIZE[0]} JPEG", f"{SA1B_SIZE[1]}x{SA1B_SIZE[0]} JPEG"
         cases = {
-            "D_CLIP -> 224px (RRC + flip)": (
-                lambda: clip(224),
-                web_files,
-                f"{WEB_SIZE[1]}x{WEB_SIZE[0]} JPEG",
-            ),
-            "D_CLIP -> 448px (RRC + flip)": (
-                lambda: clip(448),
-                web_files,
-                f"{WEB_SIZE[1]}x{WEB_SIZE[0]} JPEG",
-            ),
-            "D_SAM -> 1024px, 32 masks + prompts": (sam, sam_files, f"{SAM_SIZE[1]}x{SAM_SIZE[0]} JPEG"),
+            "D_CLIP -> 224px (RRC + flip), before": (lambda: clip(224, True), web_files, web),
+            "D_CLIP -> 224px (RRC + flip), after": (lambda: clip(224, False), web_files, web),
+            "D_CLIP -> 448px (RRC + flip), before": (lambda: clip(448, True), web_files, web),
+            "D_CLIP -> 448px (RRC + flip), after": (lambda: clip(448, False), web_files, web),
+            "D_SAM -> 1024px, 32 masks + prompts, before": (lambda: sam(True), sam_files, sa1b),
+            "D_SAM -> 1024px, 32 masks + prompts, after": (lambda: sam(False), sam_files, sa1b),
+            "D_SAM after, + gt_masks painted at 1024": (lambda: sam(False, True), sam_files, sa1b),
         }
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        results: dict[str, list[tuple[tuple[float, float], tuple[float, float]]]] = {n: [] for n in cases}
         for _ in range(args.repeats):
             for name, (make, files, _) in cases.items():
                 decode = decode_rate(files)
                 results[name].append((stream_rate(make()), decode))
-        stages = sam_stage_times(sam_tar)
+
+        # How far the current pixels are from the former ones, on the same views.
+        differences = {}
+        for resolution in (224, 448):
+            for draft in (False, True):
+                before = [b.images for b in clip(resolution, True)]
+                after = [b.to("cpu").images for b in clip(resolution, False, draft)]
+                differences[f"D_CLIP {resolution}, draft {'on' if draft else 'off'}"] = level_difference(
+                    torch.cat(before), torch.cat(after)
+                )
+        for draft in (False, True):
+            before = [b.images for b in sam(True)]
+            after = [b.to("cpu").images for b in sam(False, draft=draft)]
+            differences[f"D_SAM 1024, draft {'on' if draft else 'off'}"] = level_difference(
+                torch.cat(before), torch.cat(after)
+            )
 
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads 1, "
-        f"median of {args.repeats}\n"
+        f"median of {args.repeats}, load average before the run {load:.1f}\n"
     )
-    print("| stream | source | stream images/s per worker | raw JPEG decode images/s | stream / decode |")
-    print("|---|---|---:|---:|---:|")
+    print(
+        "| stream | source | images/s per core (CPU time) | raw JPEG decode, same | stream / decode "
+        "| images/s wall clock | decode, wall |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, pairs in results.items():
-        stream = statistics.median(p[0] for p in pairs)
-        decode = statistics.median(p[1] for p in pairs)
-        ratio = statistics.median(p[0] / p[1] for p in pairs)
-        print(f"| {name} | {cases[name][2]} | {stream:.1f} | {decode:.1f} | {ratio:.2f} |")
-    print("\nD_SAM per image, step by step (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+        cpu, decode_cpu = (statistics.median(p[k][1] for p in pairs) for k in (0, 1))
+        wall, decode_wall = (statistics.median(p[k][0] for p in pairs) for k in (0, 1))
+        ratio = statistics.median(p[0][1] / p[1][1] for p in pairs)
+        print(
+            f"| {name} | {cases[name][2]} | {cpu:.1f} | {decode_cpu:.1f} | {ratio:.2f} "
+            f"| {wall:.1f} | {decode_wall:.1f} |"
+        )
+    for prefix in (
+        "D_CLIP -> 224px (RRC + flip)",
+        "D_CLIP -> 448px (RRC + flip)",
+        "D_SAM -> 1024px, 32 masks + prompts",
+    ):
+        pairs = zip(results[f"{prefix}, before"], results[f"{prefix}, after"], strict=True)
+        speedups = [after[0][1] / before[0][1] for before, after in pairs]
+        print(
+            f"\n{prefix}: after / before = {statistics.median(speedups):.2f}x (CPU time, median of runs)",
+            end="",
+        )
+    print("\n\n| pixels after vs before | max levels | mean levels | fraction differing |")
+    print("|---|---:|---:|---:|")
+    for name, (most, mean, fraction) in differences.items():
+        print(f"| {name} | {most:.0f} | {mean:.4f} | {fraction:.4f} |")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from samclip.data.bad_samples import SKIP_KINDS, BadSample, SkipRateExceeded
 from samclip.data.batches import ClipBatch, SamBatch
 from samclip.data.clip_stream import ClipStream, clip_eval_transform, clip_train_transform
+from samclip.data.device_prefetch import DevicePrefetcher
 from samclip.data.manifest import read_manifest, split_subset, write_manifest
 from samclip.data.resolution import VariableResolutionSchedule, per_rank_batch_size
 from samclip.data.sam_stream import SamStream
@@ -13,6 +14,7 @@ __all__ = [
     "BadSample",
     "ClipBatch",
     "ClipStream",
+    "DevicePrefetcher",
     "SamBatch",
     "SamStream",
     "SkipRateExceeded",

@@ -9,7 +9,7 @@ import sys
 from samclip.cli_errors import pop_debug_flag, user_errors
 from samclip.data.manifest import scan_image_ids, split_subset, write_manifest
 from samclip.data.shards import expand_urls
-from samclip.data.synth import make_synthetic_data
+from samclip.data.synth import make_synthetic_data, write_throughput_data
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -18,6 +18,10 @@ def _synth(args: argparse.Namespace) -> None:
 
         world = write_world(args.out, args.size, seed=args.seed)
         print(f"proxy world ({args.size}) in {world.root}: clip/, sam/, sam_val/, classification/, voc/")
+        return
+    if args.world == "throughput":
+        sam_tar, web_tar = write_throughput_data(args.out, args.seed, args.sam_images, args.web_images)
+        print(f"SA-1B-sized D_SAM: {sam_tar} ({args.sam_images} images); 512x384 D_CLIP: {web_tar}")
         return
     data = make_synthetic_data(args.out, seed=args.seed)
     print(f"D_CLIP: {len(data.clip_shards)} shards, {data.clip_pattern}")
@@ -83,10 +87,13 @@ def main(argv: list[str] | None = None) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
         "--world",
-        choices=["random", "shapes"],
+        choices=["random", "shapes", "throughput"],
         default="random",
-        help="random: the smoke data; shapes: the proxy world (samclip.proxy.world) with held-out splits",
+        help="random: the smoke data; shapes: the proxy world (samclip.proxy.world) with held-out splits; "
+        "throughput: SA-1B-sized images (1500x2250, 128 overlapping ragged masks) and 512x384 web JPEGs",
     )
+    synth.add_argument("--sam-images", type=int, default=10, help="--world throughput only")
+    synth.add_argument("--web-images", type=int, default=384, help="--world throughput only")
     synth.add_argument(
         "--size", choices=["test", "quick", "full"], default="quick", help="--world shapes only"
     )

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from samclip.data.batches import ClipBatch
+from samclip.data.bad_samples import BadSample
+from samclip.data.batches import SAM_PAD_VALUE_UINT8, ClipBatch, restore_sam_padding
 from samclip.data.holdout import KeyHoldout
-from samclip.data.images import decode_image, image_bytes, to_tensor
+from samclip.data.images import (
+    DecodedImage,
+    decode_image,
+    decode_image_reduced,
+    image_bytes,
+    to_tensor,
+    to_uint8_tensor,
+    uint8_to_unit,
+)
 from samclip.data.resolution import VariableResolutionSchedule
 from samclip.data.shards import count_samples, expand_urls
 from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream, epoch_length
-from samclip.models.preprocess import pad_to_square, resized_longest_side_shape
+from samclip.models.preprocess import resized_longest_side_shape
 
 CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -72,26 +82,64 @@ def draw_crop_view(
     return CropView(left, top, w, h, flip=bool(rng.random() < 0.5))
 
 
+def crop_view_pixels(
+    decoded: DecodedImage, view: CropView, resolution: int, sam_frame: bool = False
+) -> torch.Tensor:
+    """``view`` (in stored pixels) of ``decoded`` resized to ``resolution``: [3, R, R] uint8.
+
+    Crop, then resize (torchvision's resized_crop: no pixel outside the crop is filtered in), with torch's
+    antialiased uint8 bicubic (open_clip resizes bicubic with PIL: the same filter in fixed point, one or
+    two grey levels apart on a few pixels in a thousand, 3-4x faster). ``sam_frame``: the crop keeps its aspect, framed as SAM frames its
+    input (longest side to ``resolution``, bilinear as ``ResizeLongestSide``), padded bottom/right with
+    ``SAM_PAD_VALUE_UINT8`` (``ClipBatch.to`` writes the exact pad value back). A reduced-scale decode
+    (``decoded.scale`` < 1) has the crop box scaled to its pixels.
+    """
+    scale_x, scale_y = decoded.scale
+    left, top = round(view.left * scale_x), round(view.top * scale_y)
+    right = max(left + 1, round((view.left + view.width) * scale_x))
+    bottom = max(top + 1, round((view.top + view.height) * scale_y))
+    crop = to_uint8_tensor(decoded.image)[None, :, top:bottom, left:right]
+    if sam_frame:
+        height, width = resized_longest_side_shape(view.height, view.width, resolution)
+        resized = F.interpolate(crop, (height, width), mode="bilinear", antialias=True, align_corners=False)
+    else:
+        size = (resolution, resolution)
+        resized = F.interpolate(crop, size, mode="bicubic", antialias=True, align_corners=False)
+    pixels = resized[0].flip(-1) if view.flip else resized[0]
+    if not sam_frame:
+        return pixels
+    framed = torch.empty(3, resolution, resolution, dtype=torch.uint8)
+    framed[:] = torch.tensor(SAM_PAD_VALUE_UINT8, dtype=torch.uint8).view(3, 1, 1)
+    framed[:, :height, :width] = pixels
+    return framed
+
+
+def view_decode_size(
+    view: CropView, resolution: int, sam_frame: bool, width: int, height: int
+) -> tuple[int, int]:
+    """The smallest decode of a ``width x height`` image whose scaled ``view`` still covers its output."""
+    if sam_frame:
+        out_height, out_width = resized_longest_side_shape(view.height, view.width, resolution)
+    else:
+        out_height, out_width = resolution, resolution
+    scale = min(1.0, max(out_width / view.width, out_height / view.height))
+    return math.ceil(width * scale), math.ceil(height * scale)
+
+
 def render_crop_view(
     image: Image.Image, view: CropView, resolution: int, sam_frame: bool = False
 ) -> torch.Tensor:
-    """``view`` of ``image`` resized to ``resolution`` (bicubic, as open_clip); [3, R, R] in [0, 1].
+    """``view`` of ``image`` resized to ``resolution`` as :func:`crop_view_pixels`; [3, R, R] in [0, 1].
 
-    ``sam_frame``: the crop keeps its aspect instead, framed as SAM frames its input (longest side to
-    ``resolution``, bilinear as ``ResizeLongestSide``; padded bottom/right with ``SAM_PAD_VALUE``), which is
-    what the CLIP head sees in composed inference.
+    ``sam_frame``: padded with the exact ``SAM_PAD_VALUE``, which is what the CLIP head sees in composed
+    inference.
     """
-    # Crop, then resize (torchvision's resized_crop); PIL's resize(box=...) would also filter pixels outside.
-    image = image.crop((view.left, view.top, view.left + view.width, view.top + view.height))
+    pixels = crop_view_pixels(DecodedImage(image, image.width, image.height), view, resolution, sam_frame)
+    unit = uint8_to_unit(pixels)
     if sam_frame:
-        height, width = resized_longest_side_shape(view.height, view.width, resolution)
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    else:
-        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    if view.flip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    pixels = to_tensor(image)
-    return pad_to_square(pixels[None], resolution)[0] if sam_frame else pixels
+        size = resized_longest_side_shape(view.height, view.width, resolution)
+        restore_sam_padding(unit[None], [list(size)])
+    return unit
 
 
 def clip_train_transform(
@@ -106,17 +154,29 @@ def clip_train_transform(
     return render_crop_view(image, view, resolution, sam_frame)
 
 
+def clip_eval_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Shorter side to ``resolution`` (bicubic, PIL), centre crop: CLIP's eval preprocess; [3, R, R] uint8."""
+    resized = TF.resize(image, resolution, interpolation=TF.InterpolationMode.BICUBIC)
+    return to_uint8_tensor(TF.center_crop(resized, resolution))
+
+
 def clip_eval_transform(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Shorter side to ``resolution`` (bicubic), centre crop: CLIP's eval preprocess; [3, R, R] in [0, 1].
+    """:func:`clip_eval_pixels` in [0, 1].
 
     The model normalises its input itself, so unlike open_clip's transform this stops before ``Normalize``.
     """
-    resized = TF.resize(image, resolution, interpolation=TF.InterpolationMode.BICUBIC)
-    return to_tensor(TF.center_crop(resized, resolution))
+    return uint8_to_unit(clip_eval_pixels(image, resolution))
 
 
 def decode_clip_sample(raw: dict) -> tuple[str, Image.Image]:
     return raw["__key__"], decode_image(image_bytes(raw))
+
+
+def decode_clip_sample_reduced(
+    raw: dict, min_size: Callable[[int, int], tuple[int, int]] | None
+) -> tuple[str, DecodedImage]:
+    """:func:`decode_clip_sample` at the smallest scale ``min_size`` allows (``decode_image_reduced``)."""
+    return raw["__key__"], decode_image_reduced(image_bytes(raw), min_size)
 
 
 class ClipBatchBuilder(BatchBuilder[ClipBatch]):
@@ -130,6 +190,7 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         crop_scale: tuple[float, float],
         sam_frame_resolutions: frozenset[int] = frozenset(),
         holdout: KeyHoldout | None = None,
+        draft_decode: bool = True,
     ) -> None:
         self.schedule = schedule
         self.weights = weights
@@ -137,20 +198,80 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         self.crop_scale = crop_scale
         self.sam_frame_resolutions = sam_frame_resolutions
         self.holdout = holdout or KeyHoldout()
+        self.draft_decode = draft_decode
+        self.reference = False  # the former pipeline (PIL resize, float images), for benchmarks
 
     def keep_key(self, key: str) -> bool:
         return self.holdout.keep(key)
 
+    def _decode_with_view(
+        self, raw: dict, resolution: int, sam_frame: bool, rng: np.random.Generator
+    ) -> tuple[str, DecodedImage, CropView | None]:
+        """The sample decoded at the smallest scale its training view allows, and that view.
+
+        The view is drawn from the stored size before decoding; a sample that turns out bad gives its
+        draws back, so the views of the samples after it are the ones a full decode would have drawn.
+        """
+        views: list[CropView] = []
+
+        def decode_size(width: int, height: int) -> tuple[int, int]:
+            views.append(draw_crop_view(width, height, self.crop_scale, rng))
+            if not self.draft_decode:
+                return width, height
+            return view_decode_size(views[0], resolution, sam_frame, width, height)
+
+        state = rng.bit_generator.state
+        try:
+            key, decoded = decode_clip_sample_reduced(raw, decode_size if self.train else None)
+        except BadSample:
+            rng.bit_generator.state = state
+            raise
+        return key, decoded, views[0] if views else None
+
     def build(self, global_step: int, reader: SampleReader, rng: np.random.Generator) -> ClipBatch:
         resolution, batch_size = self.schedule.per_rank_at(global_step)
-        images = torch.empty(batch_size, 3, resolution, resolution)
+        if self.reference:
+            return self._build_reference(resolution, batch_size, reader, rng)
+        images = torch.empty(batch_size, 3, resolution, resolution, dtype=torch.uint8)
         keys = []
         sam_frame = resolution in self.sam_frame_resolutions
+        frame_sizes = []
+        for j in range(batch_size):
+            source = int(rng.choice(len(self.weights), p=self.weights)) if len(self.weights) > 1 else 0
+            key, decoded, view = reader.next(
+                source, lambda raw: self._decode_with_view(raw, resolution, sam_frame, rng)
+            )
+            if view is not None:
+                images[j] = crop_view_pixels(decoded, view, resolution, sam_frame)
+                if sam_frame:
+                    frame_sizes.append(resized_longest_side_shape(view.height, view.width, resolution))
+            else:
+                images[j] = clip_eval_pixels(decoded.image, resolution)
+            keys.append(key)
+        framed = sam_frame and self.train
+        return ClipBatch(
+            images=images,
+            resolution=resolution,
+            keys=keys,
+            frame_sizes=torch.tensor(frame_sizes, dtype=torch.int64) if framed else None,
+        )
+
+    def _build_reference(
+        self, resolution: int, batch_size: int, reader: SampleReader, rng: np.random.Generator
+    ) -> ClipBatch:
+        """The former pipeline: full decode, PIL crop + bicubic resize, float images built on the CPU."""
+        images = torch.empty(batch_size, 3, resolution, resolution)
+        keys = []
         for j in range(batch_size):
             source = int(rng.choice(len(self.weights), p=self.weights)) if len(self.weights) > 1 else 0
             key, image = reader.next(source, decode_clip_sample)
             if self.train:
-                images[j] = clip_train_transform(image, resolution, rng, self.crop_scale, sam_frame)
+                view = draw_crop_view(image.width, image.height, self.crop_scale, rng)
+                image = image.crop((view.left, view.top, view.left + view.width, view.top + view.height))
+                image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+                if view.flip:
+                    image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                images[j] = to_tensor(image)
             else:
                 images[j] = clip_eval_transform(image, resolution)
             keys.append(key)
@@ -184,7 +305,9 @@ class ClipStream(ShardedStream[ClipBatch]):
     samples through a buffer of that many per worker and source (0: a batch is consecutive samples of a
     shard); it mixes across about ``shuffle_buffer / samples_per_shard`` shards, so class-sorted shards
     need a buffer of several shards. Batches at ``sam_frame_resolutions`` are framed as SAM frames its
-    input (see ``clip_train_transform``), so that a head trained there sees what composed inference feeds it.
+    input (see ``crop_view_pixels``), so that a head trained there sees what composed inference feeds it.
+    Images are uint8 until ``batch.to(device)``; ``draft_decode`` decodes a JPEG at reduced DCT scale when
+    the drawn crop, scaled, still covers the output; ``pin_memory`` as in ``SamStream``.
     ``split`` = ``train`` / ``held_out`` keeps the samples whose key is outside / inside the held-out
     ``holdout_fraction`` (a keyed hash of the key with ``holdout_seed``; see ``samclip.data.holdout``);
     ``all`` keeps every sample. A counted ``num_samples`` counts only the kept keys.
@@ -214,6 +337,8 @@ class ClipStream(ShardedStream[ClipBatch]):
         prefetch_factor: int = 2,
         shuffle_buffer: int = 0,
         sam_frame_resolutions: Sequence[int] = (),
+        draft_decode: bool = True,
+        pin_memory: bool | None = None,
     ) -> None:
         sources, probabilities = _clip_sources(urls, weights)
         outside = sorted(set(sam_frame_resolutions) - set(resolutions))
@@ -243,6 +368,7 @@ class ClipStream(ShardedStream[ClipBatch]):
                 scale,
                 frozenset(int(r) for r in sam_frame_resolutions),
                 holdout,
+                draft_decode,
             ),
             sources,
             steps_per_epoch=steps_per_epoch,
@@ -255,4 +381,5 @@ class ClipStream(ShardedStream[ClipBatch]):
             skip_rate_min_samples=skip_rate_min_samples,
             prefetch_factor=prefetch_factor,
             shuffle_buffer=shuffle_buffer,
+            pin_memory=pin_memory,
         )

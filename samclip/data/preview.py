@@ -36,6 +36,7 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
 
 def draw_sam_image(batch: SamBatch, index: int) -> Image.Image:
     """Image ``index`` of the batch (without padding), its masks tinted, boxes outlined, points dotted."""
+    batch = batch.to("cpu")  # uint8 from the stream -> float in [0, 1], as the trainer sees it
     height, width = (int(v) for v in batch.input_sizes[index])
     pixels = batch.images[index, :, :height, :width].float().permute(1, 2, 0).cpu().numpy()
     masks = batch.gt_masks[index][:, :height, :width].cpu().numpy() if batch.gt_masks is not None else []
@@ -85,7 +86,7 @@ def save_clip_preview(
     batch: ClipBatch, path: str | Path, columns: int = 8, captions: Sequence[str] | None = None
 ) -> Path:
     """The batch's crops in a grid; with ``captions`` (one per image) each crop has its caption below."""
-    pictures = [_to_pil(image) for image in batch.images]
+    pictures = [_to_pil(image) for image in batch.to("cpu").images]
     if captions is None:
         return _save(grid(pictures, columns=min(columns, len(pictures)), cell=batch.resolution), path)
     if len(captions) != len(pictures):

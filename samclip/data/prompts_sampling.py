@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -61,12 +63,42 @@ def sample_prompts(
 ) -> tuple[list[SamPrompts], np.ndarray]:
     """Prompt groups for the non-empty [N, H, W] masks of one image, and the mask order they follow.
 
-    Each mask gets a box with probability ``box_prompt_fraction``, else 1..``max_points`` foreground
-    points (label 1). Groups: all boxes, then one group per point count (SAM embeds a group as one
-    sequence, so a group shares its prompt kind). ``order[k]`` is the mask behind the k-th prompt.
+    See :func:`sample_prompts_from_boxes`, which this calls with the masks' tight boxes and pixels.
     """
-    num_masks, height, width = masks.shape
     tight = mask_boxes(masks)
+    return sample_prompts_from_boxes(
+        tight,
+        lambda i, count: points_in_mask(masks[i], tight[i], count, rng),
+        masks.shape[1:],
+        image_index,
+        rng,
+        box_prompt_fraction,
+        max_points,
+        box_noise_std,
+        box_noise_max,
+    )
+
+
+def sample_prompts_from_boxes(
+    tight: np.ndarray,
+    draw_points: Callable[[int, int], np.ndarray],
+    frame: tuple[int, int],
+    image_index: int,
+    rng: np.random.Generator,
+    box_prompt_fraction: float,
+    max_points: int,
+    box_noise_std: float,
+    box_noise_max: float,
+) -> tuple[list[SamPrompts], np.ndarray]:
+    """Prompt groups for N masks given by their tight boxes [N, 4] and ``draw_points(i, count)``.
+
+    Each mask gets a box with probability ``box_prompt_fraction``, else 1..``max_points`` foreground
+    points (label 1) from ``draw_points``, which must draw from ``rng``. Groups: all boxes, then one group
+    per point count (SAM embeds a group as one sequence, so a group shares its prompt kind).
+    ``order[k]`` is the mask behind the k-th prompt. ``frame``: (height, width) the boxes stay inside.
+    """
+    num_masks = len(tight)
+    height, width = frame
     is_box = rng.random(num_masks) < box_prompt_fraction
     num_points = rng.integers(1, max_points + 1, size=num_masks)
     groups: list[SamPrompts] = []
@@ -80,7 +112,7 @@ def sample_prompts(
         ids = np.flatnonzero(~is_box & (num_points == count))
         if ids.size == 0:
             continue
-        coords = np.stack([points_in_mask(masks[i], tight[i], count, rng) for i in ids])
+        coords = np.stack([draw_points(int(i), count) for i in ids])
         groups.append(
             SamPrompts(
                 image_index=image_index,

@@ -41,8 +41,7 @@ def rle_counts(counts: str | bytes) -> np.ndarray:
     number = np.repeat(np.arange(ends.size), np.diff(np.concatenate([[-1], ends])))
     first = np.concatenate([[0], ends[:-1] + 1])
     position = np.arange(chars.size) - first[number]
-    values = np.zeros(ends.size, dtype=np.int64)
-    np.add.at(values, number, (chars & 0x1F) << (5 * position))
+    values = np.add.reduceat((chars & 0x1F) << (5 * position), first)
     negative = (chars[ends] & 0x10) != 0  # sign bit of each number's last 5-bit group
     values[negative] -= np.int64(1) << (5 * (position[ends][negative] + 1))
     # From the fourth run on, runs are stored as differences to the run two before.
@@ -52,8 +51,56 @@ def rle_counts(counts: str | bytes) -> np.ndarray:
     return runs
 
 
+def _segmented_cumsum(values: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
+    """Cumulative sums restarting at each index of ``segment_starts`` (sorted, starting with 0)."""
+    total = np.cumsum(values)
+    before = total[segment_starts] - values[segment_starts]
+    lengths = np.diff(np.append(segment_starts, values.size))
+    return total - np.repeat(before, lengths)
+
+
+def rle_counts_many(counts: list[bytes]) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`rle_counts` of several strings at once: (all runs concatenated, number of runs per string).
+
+    One pass of array operations for a whole image's masks instead of one per mask. None when any string
+    is malformed (empty, outside the alphabet, ending inside a number): :func:`rle_counts` then says which.
+    """
+    lengths = np.array([len(c) for c in counts], dtype=np.int64)
+    if lengths.size == 0 or (lengths == 0).any():
+        return None
+    data = np.frombuffer(b"".join(counts), dtype=np.uint8)
+    if (data < 48).any() or (data > 48 + 63).any():
+        return None
+    chars = data.astype(np.int64) - 48
+    string_last = np.cumsum(lengths) - 1
+    if (chars[string_last] & 0x20).any():
+        return None
+    ends = np.flatnonzero((chars & 0x20) == 0)
+    first = np.concatenate([[0], ends[:-1] + 1])
+    position = np.arange(chars.size) - np.repeat(first, ends - first + 1)
+    values = np.add.reduceat((chars & 0x1F) << (5 * position), first)
+    negative = (chars[ends] & 0x10) != 0
+    values[negative] -= np.int64(1) << (5 * (position[ends][negative] + 1))
+    per_string = np.bincount(np.searchsorted(string_last, ends), minlength=len(counts))
+    index = np.arange(values.size) - np.repeat(np.cumsum(per_string) - per_string, per_string)
+    runs = values.copy()
+    # From the fourth run of each string on: differences to the run two before, i.e. sums along the
+    # odd runs from run 1 and along the even runs from run 2, restarting at every string.
+    for parity, chain_start in ((1, 1), (0, 2)):
+        chain = np.flatnonzero((index % 2 == parity) & (index >= chain_start))
+        if chain.size:
+            starts = np.flatnonzero(index[chain] == chain_start)
+            runs[chain] = _segmented_cumsum(values[chain], starts)
+    return runs, per_string
+
+
 def check_rle(segmentation: object, height: int, width: int) -> dict:
     """A valid compressed RLE of an ``height x width`` mask, or ``BadSample('malformed_rle')``."""
+    return check_rle_runs(segmentation, height, width)[0]
+
+
+def check_rle_runs(segmentation: object, height: int, width: int) -> tuple[dict, np.ndarray]:
+    """:func:`check_rle` and the run lengths it checked (column-major, starting with background)."""
     if not isinstance(segmentation, dict) or "size" not in segmentation or "counts" not in segmentation:
         raise BadSample("malformed_rle", f"segmentation is not an RLE dict: {str(segmentation)[:80]}")
     size, counts = segmentation["size"], segmentation["counts"]
@@ -67,7 +114,39 @@ def check_rle(segmentation: object, height: int, width: int) -> dict:
         raise BadSample("malformed_rle", str(exn)) from exn
     if (runs < 0).any() or int(runs.sum()) != height * width:
         raise BadSample("malformed_rle", f"run lengths sum to {int(runs.sum())}, not h*w = {height * width}")
-    return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return rle, runs
+
+
+def check_rles_runs(
+    segmentations: list[object], height: int, width: int
+) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """:func:`check_rle_runs` of several masks at once: (RLEs, runs concatenated, runs per mask).
+
+    Raises ``BadSample('malformed_rle')`` with the message of the first bad one.
+    """
+    rles = []
+    for segmentation in segmentations:
+        ok = isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes))
+        if (
+            not ok
+            or not isinstance(segmentation.get("size"), (list, tuple))
+            or list(segmentation["size"]) != [height, width]
+        ):
+            check_rle_runs(segmentation, height, width)  # raises the precise error
+        counts = segmentation["counts"]
+        rles.append(
+            {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        )
+    decoded = rle_counts_many([r["counts"] for r in rles])
+    if decoded is not None:
+        runs, per_mask = decoded
+        starts = np.cumsum(per_mask) - per_mask
+        if not (runs < 0).any() and (np.add.reduceat(runs, starts) == height * width).all():
+            return rles, runs, per_mask
+    for segmentation in segmentations:
+        check_rle_runs(segmentation, height, width)
+    raise AssertionError("rle_counts_many refused strings that rle_counts accepts")
 
 
 @dataclass

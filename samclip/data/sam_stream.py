@@ -7,18 +7,21 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from samclip.data.bad_samples import BadSample
-from samclip.data.batches import SamBatch
-from samclip.data.images import decode_image, to_tensor
+from samclip.data.batches import SAM_PAD_VALUE_UINT8, SamBatch
+from samclip.data.images import DecodedImage, decode_image, decode_image_reduced, to_tensor
 from samclip.data.manifest import read_manifest
-from samclip.data.prompts_sampling import sample_prompts
+from samclip.data.prompts_sampling import sample_prompts, sample_prompts_from_boxes
 from samclip.data.resolution import per_rank_batch_size
+from samclip.data.rle_runs import ResizedFrame, RunMask, resize_runs_many
 from samclip.data.sa1b import (
     SAMPLE_ERRORS,
+    Sa1bRecord,
     annotation_area,
-    check_rle,
+    check_rles_runs,
     decode_masks,
     image_id_from_key,
     parse_annotation_file,
@@ -34,11 +37,18 @@ class SamImage:
     """One SA-1B image in SAM's frame with its sampled masks and prompts (image_index still to be set)."""
 
     key: str
-    image: torch.Tensor  # [3, S, S]
+    image: torch.Tensor  # [3, S, S] uint8, padded with SAM_PAD_VALUE_UINT8 (float in [0, 1]: reference path)
     input_size: tuple[int, int]
     original_size: tuple[int, int]
     prompts: list[SamPrompts]
-    masks: np.ndarray  # [N, h, w] bool in the resized frame, in prompt order
+    masks: list[RunMask] | np.ndarray  # in prompt order; [N, h, w] bool on the reference path
+
+    def mask_array(self) -> np.ndarray:
+        """[N, h, w] bool masks in the resized frame, painted from their runs on first need."""
+        if isinstance(self.masks, np.ndarray):
+            return self.masks
+        height, width = self.input_size
+        return np.stack([m.paint(height, width) for m in self.masks])
 
 
 @dataclass(frozen=True)
@@ -52,24 +62,33 @@ class SamSampling:
     max_points: int = 1
     box_noise_std: float = 0.1
     box_noise_max: float = 20.0
+    draft_decode: bool = True  # JPEGs at least twice the frame decode at 1/2 (1/4, ...) scale
 
 
-def prepare_sa1b_sample(raw: dict, sampling: SamSampling, rng: np.random.Generator) -> SamImage:
+def prepare_sa1b_sample(
+    raw: dict, sampling: SamSampling, rng: np.random.Generator, reference: bool = False
+) -> SamImage:
     """Decode, sample up to ``masks_per_image`` masks, resize the longest side, prompt. Raises ``BadSample``.
 
+    Prompts come from the masks' RLE runs (``rle_runs``); ``reference=True`` runs the former pipeline
+    instead (full-resolution masks decoded by pycocotools, float image), kept as the reference the tests
+    and ``benchmarks/bench_data.py`` compare against. Both consume ``rng`` identically.
     Any other failure on one sample's content (a value of the wrong type or size deep inside its json)
     is a ``malformed_json`` sample too: one bad file must not stop a run that resuming hits again.
     """
     try:
-        return _prepare_sa1b_sample(raw, sampling, rng)
+        return _prepare_sa1b_sample(raw, sampling, rng, reference)
     except BadSample:
         raise
     except SAMPLE_ERRORS as exn:
         raise BadSample("malformed_json", f"{type(exn).__name__}: {str(exn)[:200]}") from exn
 
 
-def _prepare_sa1b_sample(raw: dict, sampling: SamSampling, rng: np.random.Generator) -> SamImage:
-    key = raw["__key__"]
+def _sampled_runs(
+    raw: dict, sampling: SamSampling, rng: np.random.Generator
+) -> tuple[Sa1bRecord, list[dict], np.ndarray, np.ndarray]:
+    """The record, and the checked RLEs, concatenated runs and runs per mask (``check_rles_runs``) of
+    up to ``masks_per_image`` masks of area >= the minimum."""
     if "json" not in raw:
         raise BadSample("missing_json" if "jpg" in raw else "no_image", f"files: {sorted(raw)}")
     if "jpg" not in raw:
@@ -87,8 +106,79 @@ def _prepare_sa1b_sample(raw: dict, sampling: SamSampling, rng: np.random.Genera
     if not candidates:
         raise BadSample("no_usable_annotation", f"no mask of area >= {sampling.min_mask_area}")
     chosen = rng.permutation(len(candidates))[: sampling.masks_per_image]
-    rles = [check_rle(candidates[i].get("segmentation"), record.height, record.width) for i in chosen]
+    rles, runs, per_mask = check_rles_runs(
+        [candidates[i].get("segmentation") for i in chosen], record.height, record.width
+    )
+    return record, rles, runs, per_mask
 
+
+def _check_image_size(decoded: DecodedImage, record: Sa1bRecord) -> None:
+    if (decoded.full_height, decoded.full_width) != (record.height, record.width):
+        raise BadSample(
+            "malformed_json",
+            f"json says {record.height}x{record.width}, "
+            f"the jpg is {decoded.full_height}x{decoded.full_width}",
+        )
+
+
+def _prepare_sa1b_sample(
+    raw: dict, sampling: SamSampling, rng: np.random.Generator, reference: bool
+) -> SamImage:
+    record, rles, runs, per_mask = _sampled_runs(raw, sampling, rng)
+    height, width = resized_longest_side_shape(record.height, record.width, sampling.image_size)
+    if reference:
+        return _prepare_from_decoded_masks(raw, sampling, rng, record, rles)
+    decoded = decode_image_reduced(
+        raw["jpg"], (lambda w, h: (width, height)) if sampling.draft_decode else None
+    )
+    _check_image_size(decoded, record)
+    frame = ResizedFrame.of(record.height, record.width, height, width)
+    masks = [m for m in resize_runs_many(runs, per_mask, frame) if m.i0.size]
+    if not masks:  # masks too small to survive the resize
+        raise BadSample("no_usable_annotation", f"every sampled mask vanished at {height}x{width}")
+    prompts, order = sample_prompts_from_boxes(
+        np.stack([m.box() for m in masks]),
+        lambda i, count: masks[i].points(count, rng),
+        (height, width),
+        image_index=0,
+        rng=rng,
+        box_prompt_fraction=sampling.box_prompt_fraction,
+        max_points=sampling.max_points,
+        box_noise_std=sampling.box_noise_std,
+        box_noise_max=sampling.box_noise_max,
+    )
+    framed = sam_frame_pixels(decoded.image, height, width, sampling.image_size)
+    return SamImage(
+        raw["__key__"],
+        framed,
+        (height, width),
+        (record.height, record.width),
+        prompts,
+        [masks[i] for i in order],
+    )
+
+
+def sam_frame_pixels(image: Image.Image, height: int, width: int, size: int) -> torch.Tensor:
+    """``image`` resized to (height, width) and padded into a [3, size, size] uint8 SAM frame.
+
+    segment_anything's ResizeLongestSide resizes with PIL's bilinear filter; torch's antialiased uint8
+    bilinear computes the same filter about twice as fast (within one grey level, see BENCHMARKS.md),
+    reading PIL's interleaved pixels directly and writing planes, so no transposing copy is needed.
+    """
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
+    resized = F.interpolate(pixels, (height, width), mode="bilinear", antialias=True, align_corners=False)
+    framed = torch.empty(3, size, size, dtype=torch.uint8)
+    for channel, value in enumerate(SAM_PAD_VALUE_UINT8):  # plane by plane: contiguous fills
+        framed[channel, height:] = value
+        framed[channel, :height, width:] = value
+    framed[:, :height, :width] = resized[0]
+    return framed
+
+
+def _prepare_from_decoded_masks(
+    raw: dict, sampling: SamSampling, rng: np.random.Generator, record: Sa1bRecord, rles: list[dict]
+) -> SamImage:
+    """The former pipeline: full decode, every sampled mask decoded at full size, float image."""
     image = decode_image(raw["jpg"])
     if (image.height, image.width) != (record.height, record.width):
         raise BadSample(
@@ -112,26 +202,34 @@ def _prepare_sa1b_sample(raw: dict, sampling: SamSampling, rng: np.random.Genera
     # segment_anything's ResizeLongestSide resizes the uint8 image with bilinear filtering (PIL).
     resized = to_tensor(image.resize((width, height), Image.Resampling.BILINEAR))
     framed = pad_to_square(resized[None], sampling.image_size, SAM_PAD_VALUE)[0]
-    return SamImage(key, framed, (height, width), (record.height, record.width), prompts, masks[order])
+    return SamImage(
+        raw["__key__"], framed, (height, width), (record.height, record.width), prompts, masks[order]
+    )
 
 
 class SamBatchBuilder(BatchBuilder[SamBatch]):
     stream_name = "sam"
 
     def __init__(
-        self, sampling: SamSampling, batch_size: int, return_gt_masks: bool, manifest: frozenset[int] | None
+        self,
+        sampling: SamSampling,
+        batch_size: int,
+        return_gt_masks: bool,
+        manifest: frozenset[int] | None,
+        reference: bool = False,
     ) -> None:
         self.sampling = sampling
         self.batch_size = batch_size
         self.return_gt_masks = return_gt_masks
         self.manifest = manifest
+        self.reference = reference  # the former pipeline (see prepare_sa1b_sample), for comparisons
 
     def keep_key(self, key: str) -> bool:
         return self.manifest is None or image_id_from_key(key) in self.manifest
 
     def build(self, global_step: int, reader: SampleReader, rng: np.random.Generator) -> SamBatch:
         samples = [
-            reader.next(0, lambda raw: prepare_sa1b_sample(raw, self.sampling, rng))
+            reader.next(0, lambda raw: prepare_sa1b_sample(raw, self.sampling, rng, self.reference))
             for _ in range(self.batch_size)
         ]
         prompts = []
@@ -143,7 +241,8 @@ class SamBatchBuilder(BatchBuilder[SamBatch]):
             gt_masks = []
             for sample in samples:
                 framed = torch.zeros(len(sample.masks), size, size, dtype=torch.bool)
-                framed[:, : sample.input_size[0], : sample.input_size[1]] = torch.from_numpy(sample.masks)
+                height, width = sample.input_size
+                framed[:, :height, :width] = torch.from_numpy(sample.mask_array())
                 gt_masks.append(framed)
         return SamBatch(
             images=torch.stack([s.image for s in samples]),
@@ -188,6 +287,8 @@ class SamStream(ShardedStream[SamBatch]):
         max_skip_fraction: float = 0.1,
         skip_rate_min_samples: int = 200,
         prefetch_factor: int = 2,
+        draft_decode: bool = True,
+        pin_memory: bool | None = None,
     ) -> None:
         if masks_per_image < 1 or max_points < 1 or image_size < 1:
             raise ValueError(
@@ -213,6 +314,7 @@ class SamStream(ShardedStream[SamBatch]):
             max_points,
             box_noise_std,
             box_noise_max,
+            draft_decode,
         )
         super().__init__(
             SamBatchBuilder(sampling, batch_size, return_gt_masks, ids),
@@ -226,4 +328,5 @@ class SamStream(ShardedStream[SamBatch]):
             max_skip_fraction=max_skip_fraction,
             skip_rate_min_samples=skip_rate_min_samples,
             prefetch_factor=prefetch_factor,
+            pin_memory=pin_memory,
         )

@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from samclip.data.bad_samples import BadSample, SkipTracker
@@ -161,6 +162,14 @@ class _WorkerOutput:
     skipped: dict[str, int]
     buffers: list[list[Position]]
 
+    def pin_memory(self) -> _WorkerOutput:
+        """Called by the DataLoader's pinning thread (it pins only what has this method or is a tensor)."""
+        return replace(self, batch=_pinned(self.batch))
+
+
+def _pinned(batch: Any) -> Any:
+    return batch.pin_memory() if hasattr(batch, "pin_memory") else batch
+
 
 _SHUFFLE_STREAM = 1  # tags the shuffle buffer's generator apart from the batch's
 
@@ -258,6 +267,7 @@ class ShardedStream(Generic[BatchT]):
         skip_rate_min_samples: int,
         prefetch_factor: int = 2,
         shuffle_buffer: int = 0,
+        pin_memory: bool | None = None,
     ) -> None:
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
@@ -281,6 +291,9 @@ class ShardedStream(Generic[BatchT]):
         self.skip_rate_min_samples = skip_rate_min_samples
         self.prefetch_factor = prefetch_factor
         self.shuffle_buffer = shuffle_buffer
+        # Pinned batches make ``batch.to(device)``'s non_blocking copies asynchronous (from pageable
+        # memory CUDA copies synchronously whatever the flag says).
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.epoch = 0
         self.step = 0  # next step within the epoch
         self.skipped: Counter[str] = Counter()
@@ -350,6 +363,7 @@ class ShardedStream(Generic[BatchT]):
                     num_workers=self.num_workers,
                     collate_fn=_identity,
                     prefetch_factor=self.prefetch_factor,
+                    pin_memory=self.pin_memory,
                 )
             )
         epoch = self.epoch
@@ -360,7 +374,7 @@ class ShardedStream(Generic[BatchT]):
             self.num_seen += counts.pop("seen", 0)
             self.skipped.update(counts)
             self.step += 1
-            yield out.batch
+            yield _pinned(out.batch) if self.pin_memory and self.num_workers == 0 else out.batch
         if self.skipped:
             logger.info(
                 "%s epoch %d: %s", self.builder.stream_name, epoch, dict(sorted(self.skipped.items()))

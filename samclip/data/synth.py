@@ -117,6 +117,77 @@ def make_sa1b_files(
     return _encode(image, "JPEG"), json.dumps(document).encode()
 
 
+SA1B_SIZE = (1500, 2250)  # (height, width) of a typical SA-1B image as Meta ships it
+WEB_SIZE = (384, 512)
+
+
+def make_sa1b_sized_files(
+    image_id: int, rng: np.random.Generator, num_masks: int = 128, size: tuple[int, int] = SA1B_SIZE
+) -> tuple[bytes, bytes]:
+    """(``sa_<id>.jpg``, ``sa_<id>.json``) at SA-1B's size and mask count, for throughput benchmarks.
+
+    SA-1B's masks overlap (parts and wholes from the automatic mask generator) and have ragged outlines,
+    so each mask here is its own polygon of 24-64 jittered vertices, drawn on its own canvas: every mask
+    stays in the file at its full size, and its RLE string has the many runs of a ragged outline.
+    """
+    height, width = size
+    image = _background(height, width, rng, noise_std=5)
+    draw = ImageDraw.Draw(image)
+    annotations = []
+    for index in range(1, num_masks + 1):
+        cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
+        radius = rng.uniform(0.02, 0.3) * min(height, width)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(24, 65))))
+        radii = radius * rng.uniform(0.6, 1.0, angles.size)
+        points = [(cx + r * np.cos(a), cy + r * np.sin(a)) for a, r in zip(angles, radii, strict=True)]
+        canvas = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(canvas).polygon(points, fill=1)
+        draw.polygon(points, fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        rle = mask_utils.encode(np.asfortranarray(np.asarray(canvas)))
+        annotations.append(
+            {
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "area": int(mask_utils.area(rle)),
+                "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+                "predicted_iou": round(float(rng.uniform(0.8, 1.0)), 6),
+                "point_coords": [[float(cx), float(cy)]],
+                "crop_box": [0.0, 0.0, float(width), float(height)],
+                "id": image_id * 1000 + index,
+                "stability_score": round(float(rng.uniform(0.85, 1.0)), 6),
+            }
+        )
+    document = {
+        "image": {"image_id": image_id, "width": width, "height": height, "file_name": f"sa_{image_id}.jpg"},
+        "annotations": annotations,
+    }
+    return _encode(image, "JPEG"), json.dumps(document).encode()
+
+
+def write_throughput_data(
+    out_dir: str, seed: int, num_sam_images: int, num_web_images: int
+) -> tuple[str, str]:
+    """``out_dir/sam/sa_000000.tar`` of SA-1B-sized samples and ``out_dir/clip/00000.tar`` of 512x384 JPEGs."""
+    rng = np.random.default_rng((seed, 2))
+    sam_members = []
+    for image_id in range(1, num_sam_images + 1):
+        jpg, annotation = make_sa1b_sized_files(image_id, rng)
+        sam_members += [(f"sa_{image_id}.jpg", jpg), (f"sa_{image_id}.json", annotation)]
+    web_members = []
+    for index in range(num_web_images):
+        key = f"{index:09d}"
+        web_members += [
+            (f"{key}.jpg", make_web_image(*WEB_SIZE, rng, noise_std=10)),
+            (f"{key}.txt", b"caption"),
+        ]
+    sam_tar, web_tar = (
+        os.path.join(out_dir, "sam", "sa_000000.tar"),
+        os.path.join(out_dir, "clip", "00000.tar"),
+    )
+    write_tar(sam_tar, sam_members)
+    write_tar(web_tar, web_members)
+    return sam_tar, web_tar
+
+
 def write_tar(path: str, members: Iterable[tuple[str, bytes]]) -> None:
     """A tar with fixed metadata (mtime 0, root owner), so the same members give the same bytes."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

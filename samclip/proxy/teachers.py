@@ -226,7 +226,7 @@ def train_sam_teacher(
     for step, batch in enumerate(stream):
         if step >= training.steps:
             break
-        loss, iou = sam_teacher_loss(sam, batch, training)
+        loss, iou = sam_teacher_loss(sam, batch.to("cpu"), training)  # uint8 images -> float [0, 1]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)

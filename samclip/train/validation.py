@@ -95,7 +95,7 @@ class ClipCosine:
         for index, batch in enumerate(_restarted(self.data)):
             if index == self.num_batches:
                 break
-            images = batch.images.to(device)
+            images = batch.to(device).images
             target = self.cache.get(index, batch.keys, device)
             if target is None:
                 target = self.cache.put(index, batch.keys, task.clip_teacher.encode_image(images))

@@ -18,6 +18,13 @@ from samclip.data.clip_stream import (
 from samclip.models.preprocess import SAM_PAD_VALUE
 
 
+def assert_within_one_level(ours: torch.Tensor, pil: torch.Tensor) -> None:
+    """torch's antialiased uint8 resize computes PIL's filter with other fixed-point rounding: at most one
+    grey level apart (on noise a quarter of the pixels differ; on photos well under 1%, BENCHMARKS.md)."""
+    levels = (ours * 255 - pil * 255).abs().round()
+    assert levels.max() <= 1, levels.max()
+
+
 @pytest.mark.parametrize("size", [(100, 157), (157, 100), (64, 64), (300, 97)])
 def test_eval_transform_matches_torchvision(size: tuple[int, int]) -> None:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8))
@@ -36,7 +43,9 @@ def test_train_crop_follows_random_resized_crop_bounds() -> None:
 
 
 def test_train_transform_is_torchvisions_resized_crop_flipped_half_the_time() -> None:
-    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    # Mid-range noise: PIL clips bicubic's overshoot after its first (horizontal) pass, torch after both,
+    # so on full-range noise they differ where the overshoot clips (up to ~15 levels, BENCHMARKS.md).
+    image = Image.fromarray(np.random.default_rng(1).integers(48, 208, (50, 70, 3), dtype=np.uint8))
     flips = 0
     for seed in range(20):
         rng = np.random.default_rng(seed)
@@ -46,9 +55,8 @@ def test_train_transform_is_torchvisions_resized_crop_flipped_half_the_time() ->
             image, top, left, h, w, [32, 32], interpolation=T.InterpolationMode.BICUBIC
         )
         expected = TF.to_tensor(TF.hflip(expected) if flip else expected)
-        assert torch.equal(
-            clip_train_transform(image, 32, np.random.default_rng(seed), crop_scale=(0.5, 1.0)), expected
-        )
+        ours = clip_train_transform(image, 32, np.random.default_rng(seed), crop_scale=(0.5, 1.0))
+        assert_within_one_level(ours, expected)
         flips += flip
     assert 0 < flips < 20
 
@@ -70,7 +78,13 @@ def test_sam_frame_transform_is_segment_anythings_resize_and_pad_of_the_crop(siz
             torch.from_numpy(resized.copy()).permute(2, 0, 1) / 255
         )
         assert out.shape == (3, 64, 64) and max(resized.shape[:2]) == 64
-        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+        assert_within_one_level(out, expected)
+        torch.testing.assert_close(
+            out[:, resized.shape[0] :], expected[:, resized.shape[0] :], atol=0, rtol=0
+        )
+        torch.testing.assert_close(
+            out[..., resized.shape[1] :], expected[..., resized.shape[1] :], atol=0, rtol=0
+        )
 
 
 def test_sam_frame_resolutions_must_be_trained_resolutions(tmp_path) -> None:

@@ -90,6 +90,7 @@ def test_sam_batches_follow_segment_anythings_preprocess(synth) -> None:
     transform = ResizeLongestSide(128)
     pad = torch.tensor(SAM_PAD_VALUE).view(3, 1, 1)
     for batch in stream:
+        batch = batch.to("cpu")  # uint8 from the stream -> float in [0, 1]
         for i, key in enumerate(batch.keys):
             h, w = batch.input_sizes[i].tolist()
             oh, ow = batch.original_sizes[i].tolist()
@@ -126,8 +127,11 @@ def test_sam_image_resize_matches_resize_longest_side(synth) -> None:
     )
     batch = next(b for b in stream if b.keys == ["sa_1"])
     h, w = reference.shape[:2]
-    ours = (batch.images[0, :, :h, :w] * 255).round().byte().permute(1, 2, 0).numpy()
-    assert np.array_equal(ours, reference)
+    assert batch.images.dtype == torch.uint8
+    ours = batch.images[0, :, :h, :w].permute(1, 2, 0).numpy().astype(int)
+    # torch's antialiased uint8 bilinear computes PIL's filter in fixed point: at most one level apart.
+    difference = np.abs(ours - reference.astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
 
 
 def test_masks_below_min_area_are_never_sampled_and_n_is_capped(tmp_path) -> None:

@@ -301,6 +301,9 @@ def test_smoke_multitask_validates_on_held_out_samples_training_never_reads(
             side["now"] = "train"
 
     monkeypatch.setattr(clip_stream, "decode_clip_sample", recording("clip", clip_stream.decode_clip_sample))
+    monkeypatch.setattr(
+        clip_stream, "decode_clip_sample_reduced", recording("clip", clip_stream.decode_clip_sample_reduced)
+    )
     monkeypatch.setattr(sam_stream, "prepare_sa1b_sample", recording("sam", sam_stream.prepare_sa1b_sample))
     monkeypatch.setattr(validation.Validator, "run", run_as_val)
     run_dir = tmp_path / "run"
