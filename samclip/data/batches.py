@@ -16,9 +16,15 @@ class ClipBatch:
     images: torch.Tensor  # [B, 3, R, R] float in [0, 1]
     resolution: int
     keys: list[str] = field(default_factory=list)  # sample keys, for debugging and resume checks
+    teacher_embeds: torch.Tensor | None = None  # [B, D] the CLIP teacher's cached embeddings of these views
 
     def to(self, device: torch.device | str) -> ClipBatch:
-        return replace(self, images=self.images.to(device, non_blocking=True))
+        embeds = self.teacher_embeds
+        return replace(
+            self,
+            images=self.images.to(device, non_blocking=True),
+            teacher_embeds=None if embeds is None else embeds.to(device, non_blocking=True),
+        )
 
 
 @dataclass
@@ -35,10 +41,13 @@ class SamBatch:
     prompts: list[SamPrompts]
     gt_masks: list[torch.Tensor] | None = None  # per image [N_i, S, S] bool
     keys: list[str] = field(default_factory=list)
+    teacher_embeds: torch.Tensor | None = None  # [B, 256, h, w] the SAM teacher's cached image embeddings
 
     def to(self, device: torch.device | str) -> SamBatch:
+        embeds = self.teacher_embeds
         return replace(
             self,
+            teacher_embeds=None if embeds is None else embeds.to(device, non_blocking=True),
             images=self.images.to(device, non_blocking=True),
             input_sizes=self.input_sizes.to(device, non_blocking=True),
             original_sizes=self.original_sizes.to(device, non_blocking=True),

@@ -35,22 +35,34 @@ def add_cache_teacher_parser(commands: argparse._SubParsersAction, func: Callabl
     )
     parser.add_argument("kind", choices=["clip", "sam"])
     parser.add_argument("urls", nargs="+", help="the data shards (brace patterns allowed), local")
-    parser.add_argument("--out", required=True, help="cache directory (manifest.json, one sidecar tar per shard)")
-    parser.add_argument("--model-name", default=None, help="clip: open_clip name (ViT-L-14); sam: samclip_vit_b")
+    parser.add_argument(
+        "--out", required=True, help="cache directory (manifest.json, one sidecar tar per shard)"
+    )
+    parser.add_argument(
+        "--model-name", default=None, help="clip: open_clip name (ViT-L-14); sam: samclip_vit_b"
+    )
     parser.add_argument(
         "--pretrained",
         default=None,
         help="clip: open_clip tag or checkpoint file; sam: the SAM checkpoint (omit: random weights, benchmarks only)",
     )
-    parser.add_argument("--views", type=int, default=None, help="clip: views per sample (default: the recipe's epochs)")
-    parser.add_argument("--crop-scale", type=float, nargs=2, default=(0.9, 1.0), help="clip: the stream's crop_scale")
+    parser.add_argument(
+        "--views", type=int, default=None, help="clip: views per sample (default: the recipe's epochs)"
+    )
+    parser.add_argument(
+        "--crop-scale", type=float, nargs=2, default=(0.9, 1.0), help="clip: the stream's crop_scale"
+    )
     parser.add_argument("--view-seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=1024, help="sam: the D_SAM frame")
     parser.add_argument("--manifest", default=None, help="sam: only these SA-1B image ids (train.txt)")
     parser.add_argument("--batch-size", type=int, default=16, help="teacher inputs per forward")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--verify", type=int, default=0, metavar="N", help="recompute N random entries online")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="--verify's relative limit")
+    parser.add_argument(
+        "--verify", type=int, default=0, metavar="N", help="recompute N random entries online"
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="--verify's relative limit"
+    )
     parser.set_defaults(func=func)
 
 

@@ -65,7 +65,9 @@ def sam_frame_image(jpg: bytes, image_size: int) -> torch.Tensor:
     return pad_to_square(resized[None], image_size, SAM_PAD_VALUE)[0]
 
 
-def clip_views(image: Image.Image, key: str, num_views: int, crop_scale: tuple[float, float], seed: int) -> list[CropView]:
+def clip_views(
+    image: Image.Image, key: str, num_views: int, crop_scale: tuple[float, float], seed: int
+) -> list[CropView]:
     rng = view_generator(key, seed)
     return [draw_crop_view(image.width, image.height, crop_scale, rng) for _ in range(num_views)]
 
@@ -148,7 +150,9 @@ class CacheWriter:
     def run(self) -> list[ShardRecord]:
         todo = self.my_shards()
         records = []
-        progress = tqdm(total=len(todo), unit="shard", disable=self.rank != 0, desc=f"{self.kind} teacher cache")
+        progress = tqdm(
+            total=len(todo), unit="shard", disable=self.rank != 0, desc=f"{self.kind} teacher cache"
+        )
         for url, name in todo:
             records.append(self._write_shard(url, name))
             progress.update(1)
@@ -169,7 +173,9 @@ class CacheWriter:
                     if self.kind == "clip":
                         count = len(extra)
                         _add_member(tar, f"{key}.views.npy", npy_bytes(extra))
-                        _add_member(tar, f"{key}.embeds.npy", npy_bytes(bf16_bits(outputs[start : start + count])))
+                        _add_member(
+                            tar, f"{key}.embeds.npy", npy_bytes(bf16_bits(outputs[start : start + count]))
+                        )
                         start += count
                     else:
                         _add_member(tar, f"{key}.embeds.npy", npy_bytes(bf16_bits(outputs[start])))
@@ -193,10 +199,16 @@ class CacheWriter:
                 if self.kind == "clip":
                     key, image = decode_clip_sample(raw)
                     views = clip_views(
-                        image, key, self.manifest.views_per_sample, self.manifest.crop_scale, self.manifest.view_seed
+                        image,
+                        key,
+                        self.manifest.views_per_sample,
+                        self.manifest.crop_scale,
+                        self.manifest.view_seed,
                     )
                     inputs.extend(render_crop_view(image, v, self.teacher.image_size) for v in views)
-                    extras.append(np.array([[v.left, v.top, v.width, v.height, int(v.flip)] for v in views], np.int32))
+                    extras.append(
+                        np.array([[v.left, v.top, v.width, v.height, int(v.flip)] for v in views], np.int32)
+                    )
                 else:
                     if self.keep_ids is not None and image_id_from_key(key) not in self.keep_ids:
                         continue
@@ -272,7 +284,9 @@ def verify_cache(
                     views = sidecar.read(key, "views.npy")
                     k = int(rng.integers(len(views)))
                     left, top, width, height, flip = (int(v) for v in views[k])
-                    pixels = render_crop_view(image, CropView(left, top, width, height, bool(flip)), teacher.image_size)
+                    pixels = render_crop_view(
+                        image, CropView(left, top, width, height, bool(flip)), teacher.image_size
+                    )
                     online = teacher.encode_image(pixels[None].to(device))[0].float().cpu()
                     cached = cached[k]
                 else:

@@ -17,6 +17,7 @@ from samclip.data.images import decode_image, image_bytes, to_tensor
 from samclip.data.resolution import VariableResolutionSchedule
 from samclip.data.shards import count_samples, expand_urls
 from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream, epoch_length
+from samclip.data.teacher_cache import StaleCacheError, TeacherCache, from_bf16_bits, view_index
 from samclip.models.preprocess import pad_to_square, resized_longest_side_shape
 
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -119,6 +120,34 @@ def decode_clip_sample(raw: dict) -> tuple[str, Image.Image]:
     return raw["__key__"], decode_image(image_bytes(raw))
 
 
+def decode_clip_sample_with_url(raw: dict) -> tuple[str, str, Image.Image]:
+    return raw.get("__url__", ""), raw["__key__"], decode_image(image_bytes(raw))
+
+
+@dataclass
+class CachedViews:
+    """A CLIP teacher cache as one stream reads it: epoch ``global_step // steps_per_epoch`` picks the view."""
+
+    cache: TeacherCache
+    stream_seed: int
+    steps_per_epoch: int | None
+
+    def epoch(self, global_step: int) -> int:
+        return global_step // self.steps_per_epoch if self.steps_per_epoch else 0
+
+    def view(self, url: str, key: str, global_step: int) -> tuple[CropView, torch.Tensor]:
+        """The stored view this epoch reads, and the teacher's embedding of it (float32 of the bf16)."""
+        views, embeds = self.cache.clip_entry(url, key)
+        seed = (self.cache.manifest.view_seed, self.stream_seed)
+        k = view_index(key, self.epoch(global_step), len(views), hash_seed(seed))
+        left, top, width, height, flip = (int(v) for v in views[k])
+        return CropView(left, top, width, height, bool(flip)), from_bf16_bits(embeds[k])
+
+
+def hash_seed(seed: tuple[int, int]) -> int:
+    return seed[0] * 1_000_003 + seed[1]
+
+
 class ClipBatchBuilder(BatchBuilder[ClipBatch]):
     stream_name = "clip"
 
@@ -130,8 +159,10 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         crop_scale: tuple[float, float],
         sam_frame_resolutions: frozenset[int] = frozenset(),
         holdout: KeyHoldout | None = None,
+        cached: CachedViews | None = None,
     ) -> None:
         self.schedule = schedule
+        self.cached = cached
         self.weights = weights
         self.train = train
         self.crop_scale = crop_scale
@@ -146,15 +177,21 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         images = torch.empty(batch_size, 3, resolution, resolution)
         keys = []
         sam_frame = resolution in self.sam_frame_resolutions
+        targets = []
         for j in range(batch_size):
             source = int(rng.choice(len(self.weights), p=self.weights)) if len(self.weights) > 1 else 0
-            key, image = reader.next(source, decode_clip_sample)
-            if self.train:
+            if self.cached is not None:  # the stored view replaces the crop drawn from rng
+                url, key, image = reader.next(source, decode_clip_sample_with_url)
+                view, target = self.cached.view(url, key, global_step)
+                images[j] = render_crop_view(image, view, resolution, sam_frame)
+                targets.append(target)
+            elif self.train:
                 images[j] = clip_train_transform(image, resolution, rng, self.crop_scale, sam_frame)
             else:
                 images[j] = clip_eval_transform(image, resolution)
             keys.append(key)
-        return ClipBatch(images=images, resolution=resolution, keys=keys)
+        teacher_embeds = torch.stack(targets) if targets else None
+        return ClipBatch(images=images, resolution=resolution, keys=keys, teacher_embeds=teacher_embeds)
 
 
 def _clip_sources(
@@ -188,6 +225,8 @@ class ClipStream(ShardedStream[ClipBatch]):
     ``split`` = ``train`` / ``held_out`` keeps the samples whose key is outside / inside the held-out
     ``holdout_fraction`` (a keyed hash of the key with ``holdout_seed``; see ``samclip.data.holdout``);
     ``all`` keeps every sample. A counted ``num_samples`` counts only the kept keys.
+    ``teacher_cache``: a directory of ``samclip-data cache-teacher clip``; each sample then renders the
+    view stored for this epoch and the batch carries the teacher's stored embedding of it.
     """
 
     def __init__(
@@ -214,6 +253,7 @@ class ClipStream(ShardedStream[ClipBatch]):
         prefetch_factor: int = 2,
         shuffle_buffer: int = 0,
         sam_frame_resolutions: Sequence[int] = (),
+        teacher_cache: str | None = None,
     ) -> None:
         sources, probabilities = _clip_sources(urls, weights)
         outside = sorted(set(sam_frame_resolutions) - set(resolutions))
@@ -235,6 +275,9 @@ class ClipStream(ShardedStream[ClipBatch]):
             ),
         )
         scale = (float(crop_scale[0]), float(crop_scale[1]))
+        cached = None
+        if teacher_cache is not None:
+            cached = CachedViews(open_clip_cache(teacher_cache, sources, scale, train), seed, steps_per_epoch)
         super().__init__(
             ClipBatchBuilder(
                 self.schedule,
@@ -243,6 +286,7 @@ class ClipStream(ShardedStream[ClipBatch]):
                 scale,
                 frozenset(int(r) for r in sam_frame_resolutions),
                 holdout,
+                cached,
             ),
             sources,
             steps_per_epoch=steps_per_epoch,
@@ -256,3 +300,22 @@ class ClipStream(ShardedStream[ClipBatch]):
             prefetch_factor=prefetch_factor,
             shuffle_buffer=shuffle_buffer,
         )
+
+
+def open_clip_cache(
+    directory: str, sources: Sequence[Sequence[str]], crop_scale: tuple[float, float], train: bool
+) -> TeacherCache:
+    """The CLIP teacher cache for these shards, refused if it misses one or drew its views otherwise."""
+    if not train:
+        raise ValueError(
+            f"teacher cache {directory}: a cache replays training views; an eval stream has none"
+        )
+    cache = TeacherCache(directory, "clip")
+    if cache.manifest.crop_scale != crop_scale:
+        raise StaleCacheError(
+            f"teacher cache {directory} drew its views with crop_scale {list(cache.manifest.crop_scale or ())}, "
+            f"the stream's is {list(crop_scale)}"
+        )
+    for shards in sources:
+        cache.check_shards(shards)
+    return cache

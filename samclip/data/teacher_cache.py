@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from webdataset.tariterators import base_plus_ext
 
 from samclip.data.shards import is_local
 
@@ -127,9 +128,11 @@ class SidecarShard:
         try:
             with tarfile.open(path, "r:") as tar:
                 for member in tar:
-                    if not member.isreg() or "." not in member.name:
+                    if not member.isreg():
                         continue
-                    key, ext = member.name.split(".", 1)
+                    key, ext = base_plus_ext(member.name)
+                    if key is None:
+                        continue
                     self.index.setdefault(key, {})[ext] = (member.offset_data, member.size)
         except (tarfile.TarError, OSError) as exn:
             raise StaleCacheError(f"teacher cache sidecar {path} is unreadable: {exn}") from exn
@@ -267,3 +270,15 @@ class TeacherCache:
     def sam_entry(self, url: str, key: str) -> torch.Tensor:
         """The SAM image embedding [256, h, w] (float32 of the stored bf16) of sample ``key`` of ``url``."""
         return from_bf16_bits(self._sidecar(url).read(key, "embeds.npy"))
+
+
+def open_sam_cache(directory: str, shards: Sequence[str], image_size: int) -> TeacherCache:
+    """The SAM teacher cache for these shards, refused if it misses one or framed the images otherwise."""
+    cache = TeacherCache(directory, "sam")
+    if cache.manifest.image_size != image_size:
+        raise StaleCacheError(
+            f"teacher cache {directory} holds embeddings of a {cache.manifest.image_size} frame, "
+            f"the stream's is {image_size}"
+        )
+    cache.check_shards(shards)
+    return cache
