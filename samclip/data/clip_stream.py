@@ -135,17 +135,16 @@ class CachedViews:
     def epoch(self, global_step: int) -> int:
         return global_step // self.steps_per_epoch if self.steps_per_epoch else 0
 
+    def index(self, key: str, global_step: int, num_views: int) -> int:
+        seed = self.cache.manifest.view_seed * 1_000_003 + self.stream_seed
+        return view_index(key, self.epoch(global_step), num_views, seed)
+
     def view(self, url: str, key: str, global_step: int) -> tuple[CropView, torch.Tensor]:
         """The stored view this epoch reads, and the teacher's embedding of it (float32 of the bf16)."""
         views, embeds = self.cache.clip_entry(url, key)
-        seed = (self.cache.manifest.view_seed, self.stream_seed)
-        k = view_index(key, self.epoch(global_step), len(views), hash_seed(seed))
+        k = self.index(key, global_step, len(views))
         left, top, width, height, flip = (int(v) for v in views[k])
         return CropView(left, top, width, height, bool(flip)), from_bf16_bits(embeds[k])
-
-
-def hash_seed(seed: tuple[int, int]) -> int:
-    return seed[0] * 1_000_003 + seed[1]
 
 
 class ClipBatchBuilder(BatchBuilder[ClipBatch]):

@@ -38,6 +38,8 @@ FINAL_NAME = "final.pt"
 _INITIAL_WEIGHT_KEYS = ("sam_checkpoint", "clip_pretrained")
 # Keys of data.<stream> that configure the trainer's use of a stream, not the stream itself.
 _TRAINER_STREAM_KEYS = ("micro_batch_size", "val_manifest")
+# Keys of teacher.<stream> that configure the trainer's use of a teacher, not the teacher itself.
+TEACHER_TRAINER_KEYS = ("cache",)
 
 
 def build_stage(cfg: DictConfig, name: str) -> Stage:
