@@ -184,10 +184,12 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
                 view, target = self.cached.view(url, key, global_step)
                 images[j] = render_crop_view(image, view, resolution, sam_frame)
                 targets.append(target)
-            elif self.train:
-                images[j] = clip_train_transform(image, resolution, rng, self.crop_scale, sam_frame)
             else:
-                images[j] = clip_eval_transform(image, resolution)
+                key, image = reader.next(source, decode_clip_sample)
+                if self.train:
+                    images[j] = clip_train_transform(image, resolution, rng, self.crop_scale, sam_frame)
+                else:
+                    images[j] = clip_eval_transform(image, resolution)
             keys.append(key)
         teacher_embeds = torch.stack(targets) if targets else None
         return ClipBatch(images=images, resolution=resolution, keys=keys, teacher_embeds=teacher_embeds)

@@ -142,6 +142,8 @@ def test_each_epoch_replays_another_view_and_the_choice_is_reproducible(assets: 
     again = clip_stream(assets, assets / "clip_cache")
     first = next(iter(stream))
     assert torch.equal(next(iter(again)).images, first.images)
+    online = next(iter(clip_stream(assets, None)))  # the cache changes the crops, not the samples read
+    assert online.teacher_embeds is None and online.keys == first.keys
 
 
 def test_cached_sam_stream_keeps_its_images_and_prompts_and_adds_the_teachers_embeddings(
