@@ -187,3 +187,14 @@ def test_a_run_on_teacher_caches_resumes_exactly(
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert any(not torch.equal(v, torch.load(init)["model"][k]) for k, v in straight["model"].items())
+
+
+def test_resume_treats_a_newly_added_unset_cache_key_as_no_change() -> None:
+    from samclip.train.resume import training_changes
+
+    before = {"teacher": {"clip": {"model_name": "m"}}}  # a checkpoint written before teacher caches
+    unset = {"teacher": {"clip": {"model_name": "m", "cache": None}}}
+    cached = {"teacher": {"clip": {"model_name": "m", "cache": "/cache/clip"}}}
+    assert training_changes(before, unset, "multitask") == []
+    assert [key for key, _, _ in training_changes(before, cached, "multitask")] == ["teacher.clip.cache"]
+    assert [key for key, _, _ in training_changes(unset, cached, "multitask")] == ["teacher.clip.cache"]
