@@ -109,8 +109,8 @@ def flop_table(online: SamClipTask) -> None:
         )
 
 
-def wall_table(online: SamClipTask, batch: int, iters: int, sam_wall: bool) -> None:
-    rows = [(f"clip {batch} × {r}", "clip", clip_batch(online, batch, r, "cpu")) for r in CLIP_PER_GPU]
+def wall_table(online: SamClipTask, batch: int, iters: int, sam_wall: bool, resolutions: list[int]) -> None:
+    rows = [(f"clip {batch} × {r}", "clip", clip_batch(online, batch, r, "cpu")) for r in resolutions]
     if sam_wall:
         rows.append(("sam 1 × 1024, 32 masks", "sam", sam_batch(online, "cpu")))
     print(f"\nWall time per step on CPU ({torch.get_num_threads()} thread), s (median of {iters})")
@@ -135,6 +135,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--sam-wall", action="store_true", help="also time the 1024 SAM step (slow on CPU)")
     parser.add_argument("--no-wall", action="store_true", help="FLOPs only")
+    parser.add_argument(
+        "--wall-resolutions", type=int, nargs="*", default=list(CLIP_PER_GPU), help="CLIP steps to time"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
@@ -143,7 +146,7 @@ def main() -> None:
     )
     task = build_task()
     if not args.no_wall:
-        wall_table(task, args.batch, args.iters, args.sam_wall)
+        wall_table(task, args.batch, args.iters, args.sam_wall, args.wall_resolutions)
     flop_table(task)
 
 
