@@ -78,8 +78,11 @@ def cache_teacher(args: argparse.Namespace) -> None:
     from samclip.data.cache_writer import CacheWriter, bytes_per_sample, manifest_ids, verify_cache
     from samclip.train.distributed import barrier, init_distributed, shutdown
 
+    from samclip.data.shards import expand_urls
+
     if args.views is not None and args.views < 1:
         raise ValueError(f"--views must be >= 1, got {args.views}")
+    expand_urls(args.urls)  # a missing shard fails before the teacher is built
     env = init_distributed(args.device)
     try:
         start = time.perf_counter()

@@ -261,3 +261,9 @@ def test_interrupted_generation_resumes_and_writes_the_same_bytes(assets: Path, 
             "0.5",
             "1",
         )
+
+
+def test_views_default_to_the_most_epochs_a_stage_reads_d_clip() -> None:
+    from samclip.data.cache_teacher_cli import recipe_clip_epochs
+
+    assert recipe_clip_epochs() == 20  # head_probe: 20 epochs (multitask stops at 16, res_adapt runs 3)
