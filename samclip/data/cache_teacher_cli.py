@@ -76,9 +76,8 @@ def build_cache_teacher(kind: str, model_name: str | None, pretrained: str | Non
 
 def cache_teacher(args: argparse.Namespace) -> None:
     from samclip.data.cache_writer import CacheWriter, bytes_per_sample, manifest_ids, verify_cache
-    from samclip.train.distributed import barrier, init_distributed, shutdown
-
     from samclip.data.shards import expand_urls
+    from samclip.train.distributed import barrier, init_distributed, shutdown
 
     if args.views is not None and args.views < 1:
         raise ValueError(f"--views must be >= 1, got {args.views}")
