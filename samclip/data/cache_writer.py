@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import tarfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,6 @@ from samclip.data.teacher_cache import (
     npy_bytes,
     shard_names,
     shard_size,
-    teacher_identity,
     view_generator,
 )
 from samclip.models.preprocess import SAM_PAD_VALUE, pad_to_square, resized_longest_side_shape
@@ -315,18 +313,3 @@ def bytes_per_sample(directory: str) -> tuple[int, float]:
 
 def manifest_ids(path: str | None) -> frozenset[int] | None:
     return None if path is None else frozenset(read_manifest(path))
-
-
-def elapsed(start: float) -> str:
-    return f"{time.perf_counter() - start:.1f} s"
-
-
-__all__ = [
-    "CacheWriter",
-    "Verification",
-    "bytes_per_sample",
-    "manifest_ids",
-    "sam_frame_image",
-    "teacher_identity",
-    "verify_cache",
-]
