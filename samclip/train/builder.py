@@ -7,7 +7,6 @@ stage, bad resolution or batch, a trained head without loss, missing files) run 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -167,9 +166,8 @@ def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel, teachers: S
         )
     node = OmegaConf.to_container(cfg.tasks[stage.task], resolve=True)
     stream_parts = node.pop("stream_parts", None) or {}
-    for (
-        value
-    ) in node.values():  # a teacher's `cache` is where the trainer reads its outputs, not its argument
+    # A teacher's `cache` is where the trainer reads its outputs, not an argument of the teacher.
+    for value in node.values():
         if isinstance(value, dict) and "_target_" in value:
             value.pop("cache", None)
     cached = cached_streams(cfg, stage)
@@ -190,14 +188,14 @@ def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel, teachers: S
 def cached_streams(cfg: DictConfig, stage: Stage) -> list[str]:
     """The stage's streams whose teacher outputs come from a cache (``teacher.<stream>.cache``).
 
-    Only a task that declares ``CACHEABLE_STREAMS`` reads cached outputs; a cache set for another task
-    is an error rather than silently unused.
+    Only a task class that declares ``cacheable_streams`` reads cached outputs; a cache set for another
+    task is an error rather than silently unused.
     """
     wanted = [s for s in stage.streams if OmegaConf.select(cfg, f"teacher.{s}.cache", default=None)]
     if not wanted:
         return []
     task_class = get_class(str(cfg.tasks[stage.task]["_target_"]))
-    cacheable = getattr(sys.modules[task_class.__module__], "CACHEABLE_STREAMS", ())
+    cacheable = getattr(task_class, "cacheable_streams", ())
     unsupported = [s for s in wanted if s not in cacheable]
     if unsupported:
         raise ValueError(
@@ -249,9 +247,14 @@ def build_streams(
         if name not in cfg.data:
             raise ValueError(f"stage.{stage.name} reads the {name} stream but data.{name} is not configured")
         extra = {"teacher_cache": open_teacher_cache(cfg, name, model)} if name in cached else {}
-        streams[name] = instantiate(
-            _stream_node(cfg.data[name]), **stage.stream_spec(name).stream_kwargs(), **common, **extra
-        )
+        try:
+            streams[name] = instantiate(
+                _stream_node(cfg.data[name]), **stage.stream_spec(name).stream_kwargs(), **common, **extra
+            )
+        except InstantiationException as error:
+            if extra and isinstance(error.__cause__, ValueError):  # a stale cache, naming the shard
+                raise error.__cause__ from None
+            raise
     return streams
 
 

@@ -198,3 +198,35 @@ def test_resume_treats_a_newly_added_unset_cache_key_as_no_change() -> None:
     assert training_changes(before, unset, "multitask") == []
     assert [key for key, _, _ in training_changes(before, cached, "multitask")] == ["teacher.clip.cache"]
     assert [key for key, _, _ in training_changes(unset, cached, "multitask")] == ["teacher.clip.cache"]
+
+
+def test_a_stale_cache_stops_the_trainer_naming_the_shard_and_other_tasks_refuse_caches(
+    assets: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from samclip.data.teacher_cache import StaleCacheError
+
+    data = tmp_path / "clip"
+    shutil.copytree(assets / "data/clip", data)
+    with open(data / "00003.tar", "ab") as f:
+        f.write(b"\0" * 512)
+    cfg = _compose(assets, tmp_path / "run", f"data.clip.urls='{data}/{{00000..00003}}.tar'")
+    stage = builder.build_stage(cfg, "multitask")
+    with pytest.raises(StaleCacheError, match=r"data shard .*00003\.tar changed"):
+        builder.build_streams(cfg, stage, ENV)
+    ovsam = compose_ovsam(assets, tmp_path)
+    with pytest.raises(
+        ValueError, match=r"teacher.sam.cache: the sam2clip task .* computes its teacher outputs online"
+    ):
+        builder.cached_streams(ovsam, builder.build_stage(ovsam, "sam2clip"))
+
+
+def compose_ovsam(assets: Path, tmp_path: Path) -> DictConfig:
+    overrides = [
+        "experiment=ovsam_smoke",
+        f"run_dir={tmp_path / 'ovsam'}",
+        f"teacher.sam.cache={assets}/sam_cache",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)

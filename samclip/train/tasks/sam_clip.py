@@ -34,6 +34,8 @@ CACHEABLE_STREAMS = ("clip", "sam")  # streams whose batches may carry cached te
 class SamClipTask:
     """Student + frozen ``ClipTeacher`` / ``SamTeacher`` + ``L = clip_weight·L_clip + sam_weight·L_sam``."""
 
+    cacheable_streams = CACHEABLE_STREAMS
+
     def __init__(
         self,
         student: SamClipModel,
