@@ -267,3 +267,26 @@ def test_views_default_to_the_most_epochs_a_stage_reads_d_clip() -> None:
     from samclip.data.cache_teacher_cli import recipe_clip_epochs
 
     assert recipe_clip_epochs() == 20  # head_probe: 20 epochs (multitask stops at 16, res_adapt runs 3)
+
+
+def test_ranks_write_disjoint_shares_that_make_up_the_single_process_cache(
+    assets: Path, tmp_path: Path
+) -> None:
+    from samclip.data.cache_writer import CacheWriter
+    from samclip.data.teacher_cache import teacher_identity
+
+    teacher = ClipTeacher("samclip-tiny-clip", str(assets / "clip_tiny.pt"))
+    identity = teacher_identity("samclip-tiny-clip", str(assets / "clip_tiny.pt"))
+    urls = str(assets / "data/clip/{00000..00003}.tar")
+    written = []
+    for rank in (0, 1):  # what torchrun's two ranks do, one after the other
+        writer = CacheWriter(
+            "clip", teacher, urls, str(tmp_path), identity=identity, num_views=VIEWS, rank=rank, world_size=2
+        )
+        if rank == 0:
+            writer.prepare_manifest()
+        written.append({name for _, name in writer.my_shards()})
+        writer.run()
+    assert written == [{"00000.tar", "00002.tar"}, {"00001.tar", "00003.tar"}]
+    for name in ("00000.tar", "00001.tar", "00002.tar", "00003.tar", "manifest.json"):
+        assert (tmp_path / name).read_bytes() == (assets / "clip_cache" / name).read_bytes(), name
