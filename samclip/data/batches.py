@@ -43,16 +43,27 @@ class ClipBatch:
     keys: list[str] = field(default_factory=list)  # sample keys, for debugging and resume checks
     # (h, w) of each image before SAM-frame padding, for batches framed as SAM frames its input; else None.
     frame_sizes: torch.Tensor | None = None
+    teacher_embeds: torch.Tensor | None = None  # [B, D] the CLIP teacher's cached embeddings of these views
 
     def to(self, device: torch.device | str) -> ClipBatch:
         framed = self.frame_sizes is not None and self.images.dtype == torch.uint8
         images = _device_pixels(self.images, device)
         if framed:
             images = restore_sam_padding(images, self.frame_sizes.tolist())
-        return replace(self, images=images)
+        embeds = self.teacher_embeds
+        return replace(
+            self,
+            images=images,
+            teacher_embeds=None if embeds is None else embeds.to(device, non_blocking=True),
+        )
 
     def pin_memory(self) -> ClipBatch:
-        return replace(self, images=self.images.pin_memory())
+        embeds = self.teacher_embeds
+        return replace(
+            self,
+            images=self.images.pin_memory(),
+            teacher_embeds=None if embeds is None else embeds.pin_memory(),
+        )
 
 
 @dataclass
@@ -71,15 +82,18 @@ class SamBatch:
     prompts: list[SamPrompts]
     gt_masks: list[torch.Tensor] | None = None  # per image [N_i, S, S] bool
     keys: list[str] = field(default_factory=list)
+    teacher_embeds: torch.Tensor | None = None  # [B, 256, h, w] the SAM teacher's cached image embeddings
 
     def to(self, device: torch.device | str) -> SamBatch:
         convert = self.images.dtype == torch.uint8
         images = _device_pixels(self.images, device)
         if convert:
             images = restore_sam_padding(images, self.input_sizes.tolist())
+        embeds = self.teacher_embeds
         return replace(
             self,
             images=images,
+            teacher_embeds=None if embeds is None else embeds.to(device, non_blocking=True),
             input_sizes=self.input_sizes.to(device, non_blocking=True),
             original_sizes=self.original_sizes.to(device, non_blocking=True),
             prompts=[p.to(device) for p in self.prompts],
@@ -93,4 +107,5 @@ class SamBatch:
             self,
             images=self.images.pin_memory(),
             gt_masks=None if self.gt_masks is None else [m.pin_memory() for m in self.gt_masks],
+            teacher_embeds=None if self.teacher_embeds is None else self.teacher_embeds.pin_memory(),
         )

@@ -1,4 +1,4 @@
-"""``samclip-data``: write synthetic data in the real layouts, or an SA-1B subset manifest."""
+"""``samclip-data``: write synthetic data in the real layouts, an SA-1B subset manifest, or a teacher cache."""
 
 from __future__ import annotations
 
@@ -76,6 +76,12 @@ def _preview(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cache_teacher(args: argparse.Namespace) -> None:
+    from samclip.data.cache_teacher_cli import cache_teacher
+
+    cache_teacher(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="samclip-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
         "--no-captions", action="store_true", help="clip: crops only (captions are read from the shards)"
     )
     preview.set_defaults(func=_preview)
+
+    from samclip.data.cache_teacher_cli import add_cache_teacher_parser
+
+    add_cache_teacher_parser(commands, _cache_teacher)
 
     argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)

@@ -27,6 +27,7 @@ from samclip.data.images import (
 from samclip.data.resolution import VariableResolutionSchedule
 from samclip.data.shards import count_samples, expand_urls
 from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream, epoch_length
+from samclip.data.teacher_cache import StaleCacheError, TeacherCache, from_bf16_bits, view_index
 from samclip.models.preprocess import resized_longest_side_shape
 
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -179,6 +180,29 @@ def decode_clip_sample_reduced(
     return raw["__key__"], decode_image_reduced(image_bytes(raw), min_size)
 
 
+@dataclass
+class CachedViews:
+    """A CLIP teacher cache as one stream reads it: epoch ``global_step // steps_per_epoch`` picks the view."""
+
+    cache: TeacherCache
+    stream_seed: int
+    steps_per_epoch: int | None
+
+    def epoch(self, global_step: int) -> int:
+        return global_step // self.steps_per_epoch if self.steps_per_epoch else 0
+
+    def index(self, key: str, global_step: int, num_views: int) -> int:
+        seed = self.cache.manifest.view_seed * 1_000_003 + self.stream_seed
+        return view_index(key, self.epoch(global_step), num_views, seed)
+
+    def view(self, url: str, key: str, global_step: int) -> tuple[CropView, torch.Tensor]:
+        """The stored view this epoch reads, and the teacher's embedding of it (float32 of the bf16)."""
+        views, embeds = self.cache.clip_entry(url, key)
+        k = self.index(key, global_step, len(views))
+        left, top, width, height, flip = (int(v) for v in views[k])
+        return CropView(left, top, width, height, bool(flip)), from_bf16_bits(embeds[k])
+
+
 class ClipBatchBuilder(BatchBuilder[ClipBatch]):
     stream_name = "clip"
 
@@ -191,8 +215,10 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         sam_frame_resolutions: frozenset[int] = frozenset(),
         holdout: KeyHoldout | None = None,
         draft_decode: bool = True,
+        cached: CachedViews | None = None,
     ) -> None:
         self.schedule = schedule
+        self.cached = cached
         self.weights = weights
         self.train = train
         self.crop_scale = crop_scale
@@ -205,17 +231,24 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         return self.holdout.keep(key)
 
     def _decode_with_view(
-        self, raw: dict, resolution: int, sam_frame: bool, rng: np.random.Generator
-    ) -> tuple[str, DecodedImage, CropView | None]:
-        """The sample decoded at the smallest scale its training view allows, and that view.
+        self, raw: dict, resolution: int, sam_frame: bool, rng: np.random.Generator, global_step: int
+    ) -> tuple[str, DecodedImage, CropView | None, torch.Tensor | None]:
+        """The sample decoded at the smallest scale its training view allows, that view, and the cached
+        teacher embedding of it (None when the stream has no cache).
 
-        The view is drawn from the stored size before decoding; a sample that turns out bad gives its
-        draws back, so the views of the samples after it are the ones a full decode would have drawn.
+        Online, the view is drawn from the stored size before decoding; a sample that turns out bad gives
+        its draws back, so the views of the samples after it are the ones a full decode would have drawn.
+        With a cache, the stored view of this (sample, epoch) replaces the draw.
         """
         views: list[CropView] = []
+        target = None
+        if self.cached is not None:
+            view, target = self.cached.view(raw.get("__url__", ""), raw["__key__"], global_step)
+            views.append(view)
 
         def decode_size(width: int, height: int) -> tuple[int, int]:
-            views.append(draw_crop_view(width, height, self.crop_scale, rng))
+            if not views:
+                views.append(draw_crop_view(width, height, self.crop_scale, rng))
             if not self.draft_decode:
                 return width, height
             return view_decode_size(views[0], resolution, sam_frame, width, height)
@@ -226,7 +259,7 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         except BadSample:
             rng.bit_generator.state = state
             raise
-        return key, decoded, views[0] if views else None
+        return key, decoded, views[0] if views else None, target
 
     def build(self, global_step: int, reader: SampleReader, rng: np.random.Generator) -> ClipBatch:
         resolution, batch_size = self.schedule.per_rank_at(global_step)
@@ -235,11 +268,11 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         images = torch.empty(batch_size, 3, resolution, resolution, dtype=torch.uint8)
         keys = []
         sam_frame = resolution in self.sam_frame_resolutions
-        frame_sizes = []
+        frame_sizes, targets = [], []
         for j in range(batch_size):
             source = int(rng.choice(len(self.weights), p=self.weights)) if len(self.weights) > 1 else 0
-            key, decoded, view = reader.next(
-                source, lambda raw: self._decode_with_view(raw, resolution, sam_frame, rng)
+            key, decoded, view, target = reader.next(
+                source, lambda raw: self._decode_with_view(raw, resolution, sam_frame, rng, global_step)
             )
             if view is not None:
                 images[j] = crop_view_pixels(decoded, view, resolution, sam_frame)
@@ -247,6 +280,8 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
                     frame_sizes.append(resized_longest_side_shape(view.height, view.width, resolution))
             else:
                 images[j] = clip_eval_pixels(decoded.image, resolution)
+            if target is not None:
+                targets.append(target)
             keys.append(key)
         framed = sam_frame and self.train
         return ClipBatch(
@@ -254,6 +289,7 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
             resolution=resolution,
             keys=keys,
             frame_sizes=torch.tensor(frame_sizes, dtype=torch.int64) if framed else None,
+            teacher_embeds=torch.stack(targets) if targets else None,
         )
 
     def _build_reference(
@@ -311,6 +347,8 @@ class ClipStream(ShardedStream[ClipBatch]):
     ``split`` = ``train`` / ``held_out`` keeps the samples whose key is outside / inside the held-out
     ``holdout_fraction`` (a keyed hash of the key with ``holdout_seed``; see ``samclip.data.holdout``);
     ``all`` keeps every sample. A counted ``num_samples`` counts only the kept keys.
+    ``teacher_cache``: a directory of ``samclip-data cache-teacher clip``; each sample then renders the
+    view stored for this epoch and the batch carries the teacher's stored embedding of it.
     """
 
     def __init__(
@@ -339,6 +377,7 @@ class ClipStream(ShardedStream[ClipBatch]):
         sam_frame_resolutions: Sequence[int] = (),
         draft_decode: bool = True,
         pin_memory: bool | None = None,
+        teacher_cache: str | None = None,
     ) -> None:
         sources, probabilities = _clip_sources(urls, weights)
         outside = sorted(set(sam_frame_resolutions) - set(resolutions))
@@ -360,6 +399,9 @@ class ClipStream(ShardedStream[ClipBatch]):
             ),
         )
         scale = (float(crop_scale[0]), float(crop_scale[1]))
+        cached = None
+        if teacher_cache is not None:
+            cached = CachedViews(open_clip_cache(teacher_cache, sources, scale, train), seed, steps_per_epoch)
         super().__init__(
             ClipBatchBuilder(
                 self.schedule,
@@ -369,6 +411,7 @@ class ClipStream(ShardedStream[ClipBatch]):
                 frozenset(int(r) for r in sam_frame_resolutions),
                 holdout,
                 draft_decode,
+                cached,
             ),
             sources,
             steps_per_epoch=steps_per_epoch,
@@ -383,3 +426,22 @@ class ClipStream(ShardedStream[ClipBatch]):
             shuffle_buffer=shuffle_buffer,
             pin_memory=pin_memory,
         )
+
+
+def open_clip_cache(
+    directory: str, sources: Sequence[Sequence[str]], crop_scale: tuple[float, float], train: bool
+) -> TeacherCache:
+    """The CLIP teacher cache for these shards, refused if it misses one or drew its views otherwise."""
+    if not train:
+        raise ValueError(
+            f"teacher cache {directory}: a cache replays training views; an eval stream has none"
+        )
+    cache = TeacherCache(directory, "clip")
+    if cache.manifest.crop_scale != crop_scale:
+        raise StaleCacheError(
+            f"teacher cache {directory} drew its views with crop_scale {list(cache.manifest.crop_scale or ())}, "
+            f"the stream's is {list(crop_scale)}"
+        )
+    for shards in sources:
+        cache.check_shards(shards)
+    return cache

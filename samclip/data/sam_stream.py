@@ -28,6 +28,7 @@ from samclip.data.sa1b import (
 )
 from samclip.data.shards import count_samples, expand_urls
 from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream, epoch_length
+from samclip.data.teacher_cache import TeacherCache, open_sam_cache
 from samclip.models.preprocess import SAM_PAD_VALUE, pad_to_square, resized_longest_side_shape
 from samclip.models.prompts import SamPrompts
 
@@ -217,7 +218,9 @@ class SamBatchBuilder(BatchBuilder[SamBatch]):
         return_gt_masks: bool,
         manifest: frozenset[int] | None,
         reference: bool = False,
+        cache: TeacherCache | None = None,
     ) -> None:
+        self.cache = cache
         self.sampling = sampling
         self.batch_size = batch_size
         self.return_gt_masks = return_gt_masks
@@ -228,10 +231,19 @@ class SamBatchBuilder(BatchBuilder[SamBatch]):
         return self.manifest is None or image_id_from_key(key) in self.manifest
 
     def build(self, global_step: int, reader: SampleReader, rng: np.random.Generator) -> SamBatch:
-        samples = [
-            reader.next(0, lambda raw: prepare_sa1b_sample(raw, self.sampling, rng, self.reference))
-            for _ in range(self.batch_size)
-        ]
+        cached = []
+        samples = []
+        for _ in range(self.batch_size):
+            sample, url = reader.next(
+                0,
+                lambda raw: (
+                    prepare_sa1b_sample(raw, self.sampling, rng, self.reference),
+                    raw.get("__url__", ""),
+                ),
+            )
+            samples.append(sample)
+            if self.cache is not None:
+                cached.append(self.cache.sam_entry(url, sample.key))
         prompts = []
         for index, sample in enumerate(samples):
             prompts.extend(replace(p, image_index=index) for p in sample.prompts)
@@ -251,6 +263,7 @@ class SamBatchBuilder(BatchBuilder[SamBatch]):
             prompts=prompts,
             gt_masks=gt_masks,
             keys=[s.key for s in samples],
+            teacher_embeds=torch.stack(cached) if cached else None,
         )
 
 
@@ -262,6 +275,7 @@ class SamStream(ShardedStream[SamBatch]):
     An epoch is ``steps_per_epoch`` steps, by default the manifest's size (or the number of images) over
     the global batch. ``min_mask_area`` is in pixels of the original image. ``return_gt_masks`` adds the
     sampled masks in the SAM frame (large: [N, S, S] bool per image; distillation does not need them).
+    ``teacher_cache``: a directory of ``samclip-data cache-teacher sam``; batches carry its image embeddings.
     """
 
     def __init__(
@@ -289,6 +303,7 @@ class SamStream(ShardedStream[SamBatch]):
         prefetch_factor: int = 2,
         draft_decode: bool = True,
         pin_memory: bool | None = None,
+        teacher_cache: str | None = None,
     ) -> None:
         if masks_per_image < 1 or max_points < 1 or image_size < 1:
             raise ValueError(
@@ -317,7 +332,13 @@ class SamStream(ShardedStream[SamBatch]):
             draft_decode,
         )
         super().__init__(
-            SamBatchBuilder(sampling, batch_size, return_gt_masks, ids),
+            SamBatchBuilder(
+                sampling,
+                batch_size,
+                return_gt_masks,
+                ids,
+                cache=None if teacher_cache is None else open_sam_cache(teacher_cache, shards, image_size),
+            ),
             [shards],
             steps_per_epoch=steps_per_epoch,
             seed=seed,

@@ -16,7 +16,7 @@ from samclip.models.config import get_model_config
 from samclip.models.preprocess import normalize_sam
 from samclip.models.prompts import SamPrompts
 from samclip.models.sam_checkpoint import build_official_sam, read_sam_checkpoint, validate_sam_state_dict
-from samclip.models.sam_head import SamHeadOutput, decode_masks
+from samclip.models.sam_head import SamHeadOutput, build_mask_decoder, build_prompt_encoder, decode_masks
 
 # Small open_clip architectures for tests and the smoke run, registered next to open_clip's own.
 open_clip.add_model_config(Path(__file__).parent / "clip_configs")
@@ -126,23 +126,63 @@ class ClipTeacher(FrozenTeacher):
         return self.encode_image(images)
 
 
-class SamTeacher(FrozenTeacher):
-    """A frozen copy of the full original SAM (segment_anything's ``Sam``) built from an official checkpoint."""
+class SamPromptHeads(nn.Module):
+    """SAM without its image encoder: what decodes masks from cached image embeddings."""
 
-    def __init__(self, checkpoint: str | Path | None, model_name: str = "samclip_vit_b") -> None:
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+
+
+class SamTeacher(FrozenTeacher):
+    """A frozen copy of the full original SAM (segment_anything's ``Sam``) built from an official checkpoint.
+
+    ``image_encoder=False`` builds only the prompt encoder and mask decoder (their weights from the same
+    checkpoint): the teacher of a D_SAM stream whose image embeddings come from a teacher cache.
+    """
+
+    def __init__(
+        self, checkpoint: str | Path | None, model_name: str = "samclip_vit_b", image_encoder: bool = True
+    ) -> None:
         super().__init__()
         self.config = get_model_config(model_name)
         self.checkpoint = None if checkpoint is None else str(checkpoint)
-        self.sam = build_official_sam(self.config)
+        self.has_image_encoder = image_encoder
+        if image_encoder:
+            self.sam: nn.Module = build_official_sam(self.config)
+        else:
+            self.sam = SamPromptHeads(build_prompt_encoder(self.config), build_mask_decoder(self.config))
         if checkpoint is not None:
             state_dict = read_sam_checkpoint(checkpoint)
             validate_sam_state_dict(state_dict, self.config, source=str(checkpoint))
+            if not image_encoder:
+                state_dict = {
+                    k: v for k, v in state_dict.items() if k.startswith(("prompt_encoder.", "mask_decoder."))
+                }
             self.sam.load_state_dict(state_dict, strict=True)
         self.freeze()
 
     @torch.no_grad()
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        prompts: Sequence[SamPrompts],
+        multimask: bool = False,
+        all_outputs: bool = False,
+    ) -> SamHeadOutput:
+        """Masks for ``prompts`` from image embeddings ``[B, 256, h, w]`` (computed or cached)."""
+        return decode_masks(
+            self.sam.prompt_encoder, self.sam.mask_decoder, embeddings, prompts, multimask, all_outputs
+        )
+
+    @torch.no_grad()
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """SAM's image embedding ``[B, 256, S/16, S/16]`` (SAM2CLIP's distillation target)."""
+        if not self.has_image_encoder:
+            raise ValueError(
+                "this SAM teacher was built without its image encoder (its embeddings are cached)"
+            )
         return self.sam.image_encoder(normalize_sam(images))
 
     @torch.no_grad()
@@ -154,10 +194,7 @@ class SamTeacher(FrozenTeacher):
         all_outputs: bool = False,
     ) -> SamHeadOutput:
         """``images``: float [B, 3, S, S] in [0, 1] in SAM's frame, padded with ``SAM_PAD_VALUE``."""
-        embeddings = self.sam.image_encoder(normalize_sam(images))
-        return decode_masks(
-            self.sam.prompt_encoder, self.sam.mask_decoder, embeddings, prompts, multimask, all_outputs
-        )
+        return self.decode(self.image_embeddings(images), prompts, multimask, all_outputs)
 
 
 def is_checkpoint_path(value: str | None) -> bool:

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from samclip.data import VariableResolutionSchedule
+from samclip.data.teacher_cache import TeacherCache, teacher_identity
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import ClipTeacherSpec
 from samclip.models.teachers import is_checkpoint_path
@@ -35,6 +36,8 @@ FINAL_NAME = "final.pt"
 _INITIAL_WEIGHT_KEYS = ("sam_checkpoint", "clip_pretrained")
 # Keys of data.<stream> that configure the trainer's use of a stream, not the stream itself.
 _TRAINER_STREAM_KEYS = ("micro_batch_size", "val_manifest")
+# Keys of teacher.<stream> that configure the trainer's use of a teacher, not the teacher itself.
+TEACHER_TRAINER_KEYS = ("cache",)
 
 
 def build_stage(cfg: DictConfig, name: str) -> Stage:
@@ -162,30 +165,96 @@ def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel, teachers: S
         )
     node = OmegaConf.to_container(cfg.tasks[stage.task], resolve=True)
     stream_parts = node.pop("stream_parts", None) or {}
+    # A teacher's `cache` is where the trainer reads its outputs, not an argument of the teacher.
+    for value in node.values():
+        if isinstance(value, dict) and "_target_" in value:
+            value.pop("cache", None)
+    cached = cached_streams(cfg, stage)
+    if cached:
+        node["cached_streams"] = cached
+    # A teacher whose every stream is cached is not built (the SAM teacher keeps its decoder), unless
+    # validation needs it.
+    if "clip" in cached and "clip" not in teachers:
+        node["clip_teacher"] = None
+    if "sam" in cached and "sam" not in teachers and isinstance(node.get("sam_teacher"), dict):
+        node["sam_teacher"]["image_encoder"] = False
     for stream, keys in stream_parts.items():
         if stream not in stage.streams and stream not in teachers:
             node.update(dict.fromkeys(keys))
     return instantiate(node, student=student)
 
 
+def cached_streams(cfg: DictConfig, stage: Stage) -> list[str]:
+    """The stage's streams whose teacher outputs come from a cache (``teacher.<stream>.cache``).
+
+    Only a task class that declares ``cacheable_streams`` reads cached outputs; a cache set for another
+    task is an error rather than silently unused.
+    """
+    wanted = [s for s in stage.streams if OmegaConf.select(cfg, f"teacher.{s}.cache", default=None)]
+    if not wanted:
+        return []
+    task_class = get_class(str(cfg.tasks[stage.task]["_target_"]))
+    cacheable = getattr(task_class, "cacheable_streams", ())
+    unsupported = [s for s in wanted if s not in cacheable]
+    if unsupported:
+        raise ValueError(
+            f"teacher.{unsupported[0]}.cache: the {stage.task} task of stage {stage.name} computes its "
+            f"teacher outputs online (cached: {list(cacheable) or 'none'}); unset the cache for this stage"
+        )
+    return wanted
+
+
+def open_teacher_cache(cfg: DictConfig, stream: str, model: SamClipModel | None = None) -> str:
+    """``teacher.<stream>.cache``, checked against the configured teacher (its name and weights)."""
+    node = cfg.teacher[stream]
+    directory = str(node.cache)
+    cache = TeacherCache(directory, stream)
+    if stream == "clip":
+        identity = teacher_identity(node.model_name, node.get("pretrained"))
+        embed_dim = cache.manifest.embed_dim
+        if model is not None and embed_dim != model.config.clip_embed_dim:
+            raise ValueError(
+                f"teacher.clip.cache: {directory} holds {embed_dim}-d embeddings but the student's CLIP head "
+                f"has clip_embed_dim={model.config.clip_embed_dim}"
+            )
+    else:
+        identity = teacher_identity(node.get("model_name", cfg.model.name), node.get("checkpoint"))
+    try:
+        cache.check_teacher(identity)
+    except ValueError as error:
+        raise type(error)(f"teacher.{stream}.cache: {error}") from None
+    return directory
+
+
 def clip_teacher_spec(cfg: DictConfig, run_dir: str | Path | None = None) -> ClipTeacherSpec:
     """The CLIP teacher as configured (``_target_`` and arguments), written into final.pt: it provides the
     text tower. Its weights file is recorded as an absolute path and relative to ``run_dir``."""
     node = OmegaConf.to_container(cfg.teacher.clip, resolve=True)
+    for key in TEACHER_TRAINER_KEYS:  # where the trainer reads teacher outputs, not the teacher's own
+        node.pop(key, None)
     return ClipTeacherSpec.from_config(node, run_dir)
 
 
-def build_streams(cfg: DictConfig, stage: Stage, env: DistEnv) -> dict[str, Any]:
+def build_streams(
+    cfg: DictConfig, stage: Stage, env: DistEnv, model: SamClipModel | None = None
+) -> dict[str, Any]:
     # A different data order per stage (the stage's place among the configured stages).
     seed = int(cfg.seed) + list(cfg.stage).index(stage.name)
     common = {"seed": seed, "rank": env.rank, "world_size": env.world_size}
+    cached = cached_streams(cfg, stage)
     streams = {}
     for name in stage.streams:
         if name not in cfg.data:
             raise ValueError(f"stage.{stage.name} reads the {name} stream but data.{name} is not configured")
-        streams[name] = instantiate(
-            _stream_node(cfg.data[name]), **stage.stream_spec(name).stream_kwargs(), **common
-        )
+        extra = {"teacher_cache": open_teacher_cache(cfg, name, model)} if name in cached else {}
+        try:
+            streams[name] = instantiate(
+                _stream_node(cfg.data[name]), **stage.stream_spec(name).stream_kwargs(), **common, **extra
+            )
+        except InstantiationException as error:
+            if extra and isinstance(error.__cause__, ValueError):  # a stale cache, naming the shard
+                raise error.__cause__ from None
+            raise
     return streams
 
 

@@ -16,6 +16,7 @@ _TRAINING_GROUPS = ("model", "teacher", "data", "loss", "optim", "seed")
 _TRAINER_KEYS = ("trainer.max_grad_norm", "trainer.precision")
 # Inside those groups: how fast data is read, not what is read.
 _IGNORED_LEAVES = ("num_workers", "prefetch_factor")
+_OPTIONAL_LEAVES = (".cache",)
 ALLOW_KEY = "resume.allow_config_change"
 
 
@@ -57,6 +58,8 @@ def training_changes(
     changes = []
     for key in keys:
         a, b = old.get(key, ABSENT), new.get(key, ABSENT)
+        if key.endswith(_OPTIONAL_LEAVES) and a in (ABSENT, None) and b in (ABSENT, None):
+            continue  # a key added since, at its off value (teacher caches), changes nothing
         if a != b:
             changes.append((key, a, b))
     return changes

@@ -132,7 +132,7 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     frozen = task.freeze_without_loss_path(stage.streams)
     if frozen:
         log.info("%s: frozen, no loss path: %s", stage.name, ", ".join(frozen))
-    streams = builder.build_streams(cfg, stage, env)
+    streams = builder.build_streams(cfg, stage, env, model)
     optimizer = builder.build_stage_optimizer(cfg, stage, model)
     # An epoch of the stage's first stream that knows its length (D_CLIP in the SAM-CLIP stages).
     steps_per_epoch = next(

@@ -78,11 +78,11 @@ def test_every_group_option_is_listed_and_its_targets_accept_their_keys() -> Non
             node = OmegaConf.load(path)
             for target_node in _target_nodes(node):
                 target = get_method(target_node["_target_"])
-                # micro_batch_size configures the trainer, stream_parts the builder (not the target).
+                # micro_batch_size configures the trainer, stream_parts the builder, a teacher's cache
+                # the trainer (not the target).
+                trainer_keys = (*builder._TRAINER_STREAM_KEYS, *builder.TEACHER_TRAINER_KEYS, "stream_parts")
                 kwargs = {
-                    k: v
-                    for k, v in target_node.items()
-                    if not k.startswith("_") and k not in (*builder._TRAINER_STREAM_KEYS, "stream_parts")
+                    k: v for k, v in target_node.items() if not k.startswith("_") and k not in trainer_keys
                 }
                 inspect.signature(target).bind_partial(**kwargs)
     assert found == set(GROUPS)

@@ -28,10 +28,13 @@ from samclip.train.tasks.base import StreamLoss
 
 StudentForward = Callable[..., SamClipOutput]
 SAM_OUTPUTS = ("single", "all")
+CACHEABLE_STREAMS = ("clip", "sam")  # streams whose batches may carry cached teacher outputs
 
 
 class SamClipTask:
     """Student + frozen ``ClipTeacher`` / ``SamTeacher`` + ``L = clip_weight·L_clip + sam_weight·L_sam``."""
+
+    cacheable_streams = CACHEABLE_STREAMS
 
     def __init__(
         self,
@@ -43,9 +46,14 @@ class SamClipTask:
         clip_weight: float = 1.0,
         sam_weight: float = 10.0,
         sam_outputs: str = "single",
+        cached_streams: Sequence[str] = (),
     ) -> None:
         """``sam_outputs``: ``single`` distils SAM's single-mask output (SAM-CLIP); ``all`` distils all four
-        mask outputs and the IoU predictions (EdgeSAM-style), keeping ``multimask`` and scores calibrated."""
+        mask outputs and the IoU predictions (EdgeSAM-style), keeping ``multimask`` and scores calibrated.
+
+        ``cached_streams``: streams whose batches carry the teacher's cached image outputs
+        (``teacher_embeds``): no CLIP teacher is needed for ``clip``; the SAM teacher of ``sam`` needs only
+        its prompt encoder and mask decoder. A batch with ``teacher_embeds`` always uses them."""
         if sam_outputs not in SAM_OUTPUTS:
             raise ValueError(f"loss.sam_outputs must be one of {SAM_OUTPUTS}, got {sam_outputs!r}")
         if clip_teacher is not None and clip_teacher.embed_dim != student.config.clip_embed_dim:
@@ -61,8 +69,11 @@ class SamClipTask:
         self.weights = {"clip": float(clip_weight), "sam": float(sam_weight)}
         self.sam_outputs = sam_outputs
         self.part_names = {"clip": (), "sam": ("focal", "dice")}
+        self.cached_streams = tuple(cached_streams)
         # Only multitask mixes streams; there each head is unused in the other stream's micro-batches.
-        self.find_unused_parameters = clip_teacher is not None and sam_teacher is not None
+        self.find_unused_parameters = (
+            clip_teacher is not None or "clip" in self.cached_streams
+        ) and sam_teacher is not None
 
     def to(self, device: torch.device) -> SamClipTask:
         for module in (self.student, self.clip_teacher, self.sam_teacher):
@@ -75,44 +86,79 @@ class SamClipTask:
         self.student.train()
 
     def split(self, stream: str, batch: Any, micro_batch_size: int) -> list[Any]:
-        """D_CLIP: chunks of images; D_SAM: chunks of images with their prompt groups re-indexed."""
+        """D_CLIP: chunks of images; D_SAM: chunks of images with their prompt groups re-indexed.
+
+        With cached teacher outputs a chunk also carries its slice of them: (images, embeds) for D_CLIP,
+        (images, prompts, embeds) for D_SAM.
+        """
+        embeds = getattr(batch, "teacher_embeds", None)
         if stream == "clip":
-            return split_clip(batch.images, micro_batch_size)
-        return split_sam(batch.images, batch.prompts, micro_batch_size)
+            chunks = split_clip(batch.images, micro_batch_size)
+            if embeds is None:
+                return chunks
+            return list(zip(chunks, split_clip(embeds, micro_batch_size), strict=True))
+        chunks = split_sam(batch.images, batch.prompts, micro_batch_size)
+        if embeds is None:
+            return chunks
+        cached = split_sam(embeds, batch.prompts, micro_batch_size)
+        return [(images, groups, e) for (images, groups), (e, _) in zip(chunks, cached, strict=True)]
 
     def num_units(self, stream: str, micro: Any) -> int:
         """Images for L_clip, masks (prompts) for L_sam."""
         if stream == "clip":
-            return micro.shape[0]
+            return _clip_images(micro).shape[0]
         return sum(group.num_prompts for group in micro[1])
 
     def num_images(self, stream: str, micro: Any) -> int:
-        return micro.shape[0] if stream == "clip" else micro[0].shape[0]
+        return _clip_images(micro).shape[0] if stream == "clip" else micro[0].shape[0]
 
     def loss(self, stream: str, student: StudentForward, micro: Any) -> StreamLoss:
         if stream == "clip":
+            if isinstance(micro, tuple):
+                return StreamLoss(self.clip_loss(student, *micro), {})
             return StreamLoss(self.clip_loss(student, micro), {})
         mask_loss = self.sam_loss(student, *micro)
         return StreamLoss(mask_loss.total, {"focal": mask_loss.focal, "dice": mask_loss.dice})
 
-    def clip_loss(self, student: StudentForward, images: torch.Tensor) -> torch.Tensor:
-        """L_clip on one micro-batch: mean over its images of ``1 - cos(student, teacher)``."""
-        if self.clip_teacher is None:
-            raise ValueError("this stage uses the clip stream but no CLIP teacher was built (teacher.clip)")
-        with torch.no_grad():
-            target = self.clip_teacher.encode_image(images)
+    def clip_loss(
+        self, student: StudentForward, images: torch.Tensor, cached: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """L_clip on one micro-batch: mean over its images of ``1 - cos(student, teacher)``.
+
+        ``cached``: the teacher's embeddings of these views from a teacher cache (the teacher does not run).
+        """
+        if cached is not None:
+            target = cached
+        elif self.clip_teacher is None:
+            raise ValueError(
+                "this stage uses the clip stream but no CLIP teacher was built (teacher.clip)"
+                + (" and its batch carries no cached embeddings" if "clip" in self.cached_streams else "")
+            )
+        else:
+            with torch.no_grad():
+                target = self.clip_teacher.encode_image(images)
         embeds = student(images, None, clip=True).clip.image_embeds
         return self.clip_loss_fn(embeds, target)
 
     def sam_loss(
-        self, student: StudentForward, images: torch.Tensor, prompts: Sequence[SamPrompts]
+        self,
+        student: StudentForward,
+        images: torch.Tensor,
+        prompts: Sequence[SamPrompts],
+        cached: torch.Tensor | None = None,
     ) -> MaskLoss:
-        """L_sam on one micro-batch: focal + dice per mask against the SAM teacher, for the same prompts."""
+        """L_sam on one micro-batch: focal + dice per mask against the SAM teacher, for the same prompts.
+
+        ``cached``: the teacher's image embeddings from a teacher cache; only its decoder runs.
+        """
         if self.sam_teacher is None:
             raise ValueError("this stage uses the sam stream but no SAM teacher was built (teacher.sam)")
         all_outputs = self.sam_outputs == "all"
         with torch.no_grad():
-            target = self.sam_teacher(images, prompts, all_outputs=all_outputs)
+            if cached is not None:
+                target = self.sam_teacher.decode(cached, prompts, all_outputs=all_outputs)
+            else:
+                target = self.sam_teacher(images, prompts, all_outputs=all_outputs)
         output = student(images, list(prompts), clip=False, all_outputs=all_outputs).sam
         return self._sam_objective(output, target)
 
@@ -179,3 +225,7 @@ class SamClipTask:
         for name in unreached:
             trainable[name].requires_grad_(False)
         return unreached
+
+
+def _clip_images(micro: Any) -> torch.Tensor:
+    return micro[0] if isinstance(micro, tuple) else micro
