@@ -67,9 +67,9 @@ def _sam(steps: int) -> SamTeacherTraining:
 
 
 STUDY_SIZES = {
-    "test": StudySize("test", ClipTeacherTraining(epochs=12), _sam(150), 60, 60, 16),
-    "quick": StudySize("quick", ClipTeacherTraining(epochs=8), _sam(300), 100, 80, 20),
-    "full": StudySize("full", ClipTeacherTraining(epochs=10), _sam(700), 300, 300, 60),
+    "test": StudySize("test", ClipTeacherTraining(epochs=8), _sam(400), 150, 150, 30),
+    "quick": StudySize("quick", ClipTeacherTraining(epochs=8), _sam(800), 150, 150, 30),
+    "full": StudySize("full", ClipTeacherTraining(epochs=5), _sam(2500), 300, 300, 60),
 }
 
 
