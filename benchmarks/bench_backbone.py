@@ -1,7 +1,8 @@
 """Backbone forward+backward: samclip's timm-based encoder vs segment_anything's ImageEncoderViT.
 
 Both get the same weights and the same input; timings are interleaved (A, B, A, B, ...) in one
-process so that machine noise hits both alike, and the ratio of medians is reported.
+process so that machine noise hits both alike, and the ratio of medians is reported. One torch thread
+(``--threads``, default 1): on a shared 2-core machine two threads made the ratio unreproducible.
 
     python benchmarks/bench_backbone.py --model samclip_vit_b --size 1024 --batch 1 --iters 5
 """
@@ -9,6 +10,7 @@ process so that machine noise hits both alike, and the ratio of medians is repor
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -44,7 +46,10 @@ def main() -> None:
     parser.add_argument(
         "--no-fused-attn", action="store_true", help="timm's explicit softmax attention instead of SDPA"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (and OMP_NUM_THREADS)")
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
     if args.no_fused_attn:
         set_fused_attn(False)
     device = torch.device(args.device)
