@@ -68,7 +68,9 @@ class RelPosAttention(Attention):
         grid_q = q.reshape(batch, heads, height, width, dim)
         table_h = _resized(self.rel_pos_h, 2 * height - 1)[relative_index(height, q.device)]
         table_w = _resized(self.rel_pos_w, 2 * width - 1)[relative_index(width, q.device)]
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h).reshape(batch, heads, height * width, height)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h).reshape(
+            batch, heads, height * width, height
+        )
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w).reshape(batch, heads, height * width, width)
         return rel_h, rel_w
 

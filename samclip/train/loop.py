@@ -142,7 +142,9 @@ class NonFiniteGuard:
         self.counters = state.counters
         self.limit = limit
         self.skipped = torch.zeros((), dtype=torch.int64, device=device)
-        self.consecutive = torch.full((), state.counters.consecutive_nonfinite, dtype=torch.int64, device=device)
+        self.consecutive = torch.full(
+            (), state.counters.consecutive_nonfinite, dtype=torch.int64, device=device
+        )
         self.limit_step = torch.full((), -1, dtype=torch.int64, device=device)
 
     def update(self, finite: torch.Tensor, step: int) -> torch.Tensor:
@@ -163,7 +165,9 @@ class NonFiniteGuard:
         checkpointer: Checkpointer,
     ) -> None:
         """Counters to the host (the stage state); raise if the limit was reached since the last sync."""
-        skipped, consecutive, limit_step = torch.stack([self.skipped, self.consecutive, self.limit_step]).tolist()
+        skipped, consecutive, limit_step = torch.stack(
+            [self.skipped, self.consecutive, self.limit_step]
+        ).tolist()
         self.skipped.zero_()
         self.counters.skipped_steps += skipped
         self.counters.consecutive_nonfinite = consecutive

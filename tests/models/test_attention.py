@@ -32,7 +32,9 @@ def _timm_attention(seed: int = 0) -> Attention:
     return attention.train()
 
 
-def _forward_backward(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _forward_backward(
+    module: torch.nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     x = x.clone().requires_grad_(True)
     out = module(x)
     (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
@@ -80,7 +82,10 @@ def test_flex_score_mod_differentiates_to_the_dense_bias_gradient() -> None:
 
     def leaves() -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(4)
-        shapes = [(batch, heads, tokens, dim)] * 3 + [(batch, heads, tokens, height), (batch, heads, tokens, width)]
+        shapes = [(batch, heads, tokens, dim)] * 3 + [
+            (batch, heads, tokens, height),
+            (batch, heads, tokens, width),
+        ]
         return [torch.randn(*s, generator=g).requires_grad_(True) for s in shapes]
 
     weights = torch.randn(batch, heads, tokens, dim, generator=generator)

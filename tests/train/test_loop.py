@@ -90,7 +90,9 @@ def test_a_non_finite_step_is_skipped_and_counted(tmp_path: Path, fused: bool) -
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint_intact(tmp_path: Path, fused: bool) -> None:
+def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint_intact(
+    tmp_path: Path, fused: bool
+) -> None:
     # Stream steps are 0-based: loop steps 3, 4, 5 see NaN; the run stops at step 5, before checkpointing it.
     _, _, error = _run(tmp_path, nan_steps={2, 3, 4}, num_steps=6, max_nonfinite=3, fused=fused)
     assert isinstance(error, NonFiniteLossError)
@@ -113,10 +115,14 @@ def test_the_device_side_limit_stops_at_the_next_read_with_the_last_good_weights
     assert isinstance(error, NonFiniteLossError)
     assert "2 consecutive steps with a non-finite loss or gradient norm at step 3" in str(error)
     assert state.step == 4 and state.counters.skipped_steps == 3
-    one_step, _, _ = _run(tmp_path / "one", set(), num_steps=1, max_nonfinite=2, fused=True, checkpoint_every=0)
+    one_step, _, _ = _run(
+        tmp_path / "one", set(), num_steps=1, max_nonfinite=2, fused=True, checkpoint_every=0
+    )
     for name, param in one_step.student.named_parameters():
         assert torch.equal(task.student.state_dict()[name], param), name
-    assert not (tmp_path / "late" / "checkpoints").exists() or not list((tmp_path / "late" / "checkpoints").iterdir())
+    assert not (tmp_path / "late" / "checkpoints").exists() or not list(
+        (tmp_path / "late" / "checkpoints").iterdir()
+    )
 
 
 def test_samples_skipped_by_the_streams_are_logged(tmp_path: Path) -> None:
