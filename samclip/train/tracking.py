@@ -22,6 +22,13 @@ from samclip.train.flops import achieved
 
 log = logging.getLogger(__name__)
 
+# Keys of a training line that measure speed, so differ between two runs of the same training.
+TIMING_KEYS = ("s_per_step", "tflops_per_s", "mfu")
+
+
+def is_timing_key(key: str) -> bool:
+    return key.startswith("images_per_s/") or key in TIMING_KEYS
+
 
 class WandbLogger:
     """wandb run of one stage. ``mode="auto"`` is online when wandb has credentials (``WANDB_API_KEY`` or a
