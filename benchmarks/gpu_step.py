@@ -3,6 +3,7 @@
     python benchmarks/gpu_step.py                      # both resolutions, online and cached teachers
     python benchmarks/gpu_step.py --arms 224 --teacher online --steps 50 --attention flex
     python benchmarks/gpu_step.py --smoke              # tiny models on the CPU, 2 steps (a check, not a benchmark)
+    python benchmarks/gpu_step.py --flops-only         # no GPU needed: the step's FLOPs on meta tensors
 
 Per GPU of the paper's 32: 2048/32 = 64 CLIP images at 224 (or 512/32 = 16 at 448) in micro-batches of
 32, plus 1 SA-1B image at 1024 with 32 masks (16 box and 16 point prompts). The step is the real one:
@@ -43,6 +44,7 @@ from samclip.train.distributed import DistEnv
 from samclip.train.flops import StepFlops, device_peak_tflops
 from samclip.train.loop import LoopOptions, train_stage
 from samclip.train.optim import build_optimizer, build_scheduler, set_trainable
+from samclip.train.step import forward_backward
 from samclip.train.tasks.sam_clip import SamClipTask
 from samclip.train.teacher_setup import prepare_teachers
 from samclip.train.tracking import Tracker, read_metrics
@@ -212,6 +214,37 @@ def run_arm(name: str, shapes: Shapes, args: argparse.Namespace, teacher: str, d
     }
 
 
+def count_on_meta(name: str, shapes: Shapes) -> dict:
+    """The online step's model FLOPs and the teachers' image-encoder share, counted on meta tensors
+    (no data, no device): what the cached arm removes. Data-dependent ops assume every element nonzero."""
+    import torch.fx.experimental._config as fx_config
+
+    fx_config.meta_nonzero_assume_all_nonzero = True
+    meta = torch.device("meta")
+    task = build_task(shapes, "online", "sdpa", torch.device("cpu")).to(meta)
+    clip, sam = make_batches(shapes, meta)
+    batches, micro = {"clip": clip, "sam": sam}, {"clip": shapes.clip_micro, "sam": 1}
+    parts = {
+        "step": lambda: forward_backward(
+            task, task.student, batches, micro_batch_sizes=micro, env=DistEnv(0, 1, 0, meta)
+        ),
+        "clip_teacher": lambda: task.clip_teacher.encode_image(clip.images),
+        "sam_teacher_image_encoder": lambda: task.sam_teacher.image_embeddings(sam.images),
+    }
+    tflops = {}
+    with torch.device(meta):
+        for part, run in parts.items():
+            counter = StepFlops()
+            with counter.count({part: None}):
+                run()
+            tflops[part] = counter.last / 1e12
+    cached = tflops["step"] - tflops["clip_teacher"] - tflops["sam_teacher_image_encoder"]
+    return {"arm": name, "tflops_online_step": tflops["step"], "tflops_cached_step": cached,
+            "tflops_clip_teacher": tflops["clip_teacher"],
+            "tflops_sam_teacher_image_encoder": tflops["sam_teacher_image_encoder"],
+            "online_over_cached": tflops["step"] / cached}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -229,8 +262,15 @@ def main() -> None:
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="bf16 peak (default: the known table)"
     )
+    parser.add_argument(
+        "--flops-only", action="store_true", help="count the step's FLOPs on meta tensors and stop"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    if args.flops_only:
+        for arm in args.arms or list(SMOKE if args.smoke else PAPER):
+            print(json.dumps(count_on_meta(arm, (SMOKE if args.smoke else PAPER)[arm])), flush=True)
+        return
     if args.smoke:
         device, table = torch.device("cpu"), SMOKE
         args.steps, args.warmup = min(args.steps, 2), 1

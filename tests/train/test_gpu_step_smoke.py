@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -36,3 +38,15 @@ def test_gpu_step_smoke_runs_both_teacher_arms(tmp_path: Path) -> None:
     # The cached arm runs neither teacher's image encoder: fewer FLOPs, the student's unchanged.
     assert 0 < cached["tflops_per_step"] < online["tflops_per_step"]
     assert "| online |" in result.stdout and "| cached |" in result.stdout
+    # On meta tensors: the online step minus the two teachers' image encoders is what the cached arm counted.
+    meta = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_step.py"), "--smoke", "--flops-only"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert meta.returncode == 0, meta.stderr[-3000:]
+    counted = json.loads(meta.stdout.strip().splitlines()[-1])
+    assert counted["tflops_cached_step"] == pytest.approx(cached["tflops_per_step"], rel=1e-9)
+    assert counted["tflops_online_step"] == pytest.approx(online["tflops_per_step"], rel=1e-2)
