@@ -1,23 +1,26 @@
 """Backbone forward+backward: samclip's timm-based encoder vs segment_anything's ImageEncoderViT.
 
 Both get the same weights and the same input; timings are interleaved (A, B, A, B, ...) in one
-process so that machine noise hits both alike, and the ratio of medians is reported.
+process so that machine noise hits both alike, and the ratio of medians is reported. One torch thread
+(``--threads``, default 1): on a shared 2-core machine two threads made the ratio unreproducible.
 
-    python benchmarks/bench_backbone.py --model samclip_vit_b --size 1024 --batch 1 --iters 5
+    python benchmarks/bench_backbone.py --model samclip_vit_b --size 1024 --batch 1 --iters 5 --attention sdpa math
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from timm.layers import resample_abs_pos_embed_nhwc, set_fused_attn
+from timm.layers import resample_abs_pos_embed_nhwc
 
 from samclip import create_model
+from samclip.models.attention import set_attention_kernel
 from samclip.models.sam_checkpoint import build_official_sam, to_official_state_dict
 
 
@@ -42,11 +45,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--no-fused-attn", action="store_true", help="timm's explicit softmax attention instead of SDPA"
+        "--attention",
+        nargs="+",
+        default=["sdpa"],
+        choices=["sdpa", "math", "flex"],
+        help="samclip's attention kernel(s), each timed as its own encoder in the same interleaved run",
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (and OMP_NUM_THREADS)")
     args = parser.parse_args()
-    if args.no_fused_attn:
-        set_fused_attn(False)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     torch.manual_seed(0)
@@ -66,21 +74,27 @@ def main() -> None:
     with torch.no_grad():
         max_diff = (ours(images).neck - reference(images)).abs().max().item()
 
-    def step_ours() -> None:
-        ours.zero_grad(set_to_none=True)
-        ours(images).neck.float().square().mean().backward()
+    def step_ours(kernel: str) -> Callable[[], None]:
+        def step() -> None:
+            set_attention_kernel(ours, kernel)
+            ours.zero_grad(set_to_none=True)
+            ours(images).neck.float().square().mean().backward()
+
+        return step
 
     def step_reference() -> None:
         reference.zero_grad(set_to_none=True)
         reference(images).float().square().mean().backward()
 
+    steps = {f"samclip ({kernel})": step_ours(kernel) for kernel in args.attention}
+    steps["segment_anything"] = step_reference
     for _ in range(args.warmup):
-        step_ours()
-        step_reference()
-    times: dict[str, list[float]] = {"samclip (timm)": [], "segment_anything": []}
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.iters):
-        times["samclip (timm)"].append(time_step(step_ours, device))
-        times["segment_anything"].append(time_step(step_reference, device))
+        for name, step in steps.items():
+            times[name].append(time_step(step, device))
 
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(
@@ -95,8 +109,9 @@ def main() -> None:
     print("|---|---|---|")
     for name, median in medians.items():
         print(f"| {name} | {median:.3f} | {args.batch / median:.2f} |")
-    ratio = medians["segment_anything"] / medians["samclip (timm)"]
-    print(f"speed-up of samclip over segment_anything (ratio of medians): {ratio:.2f}x")
+    for kernel in args.attention:
+        ratio = medians["segment_anything"] / medians[f"samclip ({kernel})"]
+        print(f"speed-up of samclip ({kernel}) over segment_anything (ratio of medians): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer_sam import VisionTransformerSAM
 from torch import nn
 
+from samclip.models.attention import RelPosAttention
 from samclip.models.config import SamClipConfig
 
 
@@ -23,7 +24,8 @@ class SamBackbone(VisionTransformerSAM):
     """SAM image encoder at any input size that is a multiple of the patch size.
 
     The absolute position embedding is resampled to the input's token grid (timm does this) and
-    the global blocks' relative position tables are interpolated (as in segment_anything).
+    the global blocks' relative position tables are interpolated (as in segment_anything). Attention is
+    :class:`~samclip.models.attention.RelPosAttention` (kernel set by ``set_attention_kernel``).
     """
 
     def __init__(self, config: SamClipConfig) -> None:
@@ -45,6 +47,8 @@ class SamBackbone(VisionTransformerSAM):
             num_classes=0,
         )
         self.patch_size = config.patch_size
+        for block in self.blocks:
+            RelPosAttention.adopt(block.attn)
 
     def forward_features(self, images: torch.Tensor, with_neck: bool = True) -> BackboneFeatures:  # type: ignore[override]
         """``images``: SAM-normalised [B, 3, H, W], H and W multiples of the patch size.

@@ -23,6 +23,7 @@ from samclip.models.teachers import is_checkpoint_path
 from samclip.train.checkpoint import Checkpointer
 from samclip.train.config_checks import check_run_values
 from samclip.train.distributed import DistEnv
+from samclip.train.flops import device_peak_tflops
 from samclip.train.loop import LoopOptions
 from samclip.train.optim import build_optimizer, set_trainable
 from samclip.train.stages import Stage
@@ -417,6 +418,7 @@ def build_tracker(
         start_step=start_step,
         wandb=wandb,
         progress=cfg.logger.progress,
+        peak_tflops=device_peak_tflops(env.device, cfg.trainer.get("peak_tflops")),
     )
 
 

@@ -53,6 +53,7 @@ def check_run_values(cfg: DictConfig, streams: Iterable[str]) -> None:
         "trainer.max_consecutive_nonfinite", trainer.max_consecutive_nonfinite, minimum=1, integer=True
     )
     require_number("trainer.dist_timeout_s", trainer.dist_timeout_s, above=0)
+    require_number("trainer.peak_tflops", trainer.get("peak_tflops"), above=0, optional=True)
     for key, value in _leaves(cfg.loss, "loss"):
         if key.endswith("_weight"):
             require_number(key, value, minimum=0)

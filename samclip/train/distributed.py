@@ -69,8 +69,20 @@ def shutdown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
-def wrap_student(module: nn.Module, env: DistEnv, find_unused_parameters: bool) -> nn.Module:
-    """DDP over the student's trainable parameters only (frozen parameters are not registered by DDP)."""
+def wrap_student(
+    module: nn.Module,
+    env: DistEnv,
+    find_unused_parameters: bool,
+    *,
+    static_graph: bool = False,
+    gradient_as_bucket_view: bool = False,
+) -> nn.Module:
+    """DDP over the student's trainable parameters only (frozen parameters are not registered by DDP).
+
+    ``find_unused_parameters`` is the task's: only multitask needs it (a SAM micro-batch does not reach
+    the CLIP head), since parameters without any loss path are frozen before wrapping.
+    ``static_graph`` / ``gradient_as_bucket_view`` (``trainer.ddp``) are DDP's own options.
+    """
     if not env.is_distributed:
         return module
     # Buffers are not synced in forward: the student's are constants, identical on every rank (same seed).
@@ -84,6 +96,8 @@ def wrap_student(module: nn.Module, env: DistEnv, find_unused_parameters: bool) 
         module,
         device_ids=[env.local_rank] if env.device.type == "cuda" else None,
         find_unused_parameters=find_unused_parameters,
+        static_graph=static_graph,
+        gradient_as_bucket_view=gradient_as_bucket_view,
         **no_buffer_sync,
     )
 

@@ -82,7 +82,14 @@ def build_optimizer(
     no_weight_decay: Sequence[str] = DEFAULT_NO_WEIGHT_DECAY,
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; ``fused=None`` is fused when they all live on a GPU.
+
+    Fused AdamW is one kernel per group, and skips a step on the device when told ``found_inf``
+    (the loop's non-finite steps), so skipping needs no host synchronisation.
+    """
     groups = build_param_groups(model, lr, weight_decay, lr_multipliers, no_weight_decay)
+    if fused is None:
+        fused = all(p.is_cuda for group in groups for p in group["params"]) or None
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 

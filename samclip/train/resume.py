@@ -14,8 +14,8 @@ from typing import Any
 # Top-level groups (and single trainer keys) whose values change training.
 _TRAINING_GROUPS = ("model", "teacher", "data", "loss", "optim", "seed")
 _TRAINER_KEYS = ("trainer.max_grad_norm", "trainer.precision")
-# Inside those groups: how fast data is read, not what is read.
-_IGNORED_LEAVES = ("num_workers", "prefetch_factor")
+# Inside those groups: how fast data is read, not what is read; how attention is computed (same math).
+_IGNORED_LEAVES = ("num_workers", "prefetch_factor", "attention")
 _OPTIONAL_LEAVES = (".cache",)
 ALLOW_KEY = "resume.allow_config_change"
 

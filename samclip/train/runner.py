@@ -33,11 +33,13 @@ from samclip.train.distributed import (
     shutdown,
     wrap_student,
 )
+from samclip.train.flops import StepFlops
 from samclip.train.loop import train_stage
 from samclip.train.optim import build_scheduler, set_trainable
 from samclip.train.resume import ALLOW_KEY, check_resume_config
 from samclip.train.run_record import RunDirLock, RunDirLocked, record_config
 from samclip.train.stages import Stage
+from samclip.train.teacher_setup import prepare_teachers
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,10 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     )
     teachers = validator.teachers if validator is not None else ()
     task = builder.build_task(cfg, stage, model, teachers).to(env.device)
+    autocast = builder.autocast_dtype(cfg, env.device)
+    prepared = prepare_teachers(task, autocast, bool(cfg.trainer.get("compile_teachers", False)))
+    if prepared:
+        log.info("%s: teachers: %s", stage.name, ", ".join(prepared))
     # Before the optimizer: a parameter no loss reaches must not be decayed (nor registered with DDP).
     frozen = task.freeze_without_loss_path(stage.streams)
     if frozen:
@@ -160,7 +166,14 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
         torch.manual_seed(cfg.seed + 1 + env.rank)
     if cfg.trainer.compile:
         model.compile()  # in place: task.student, the DDP wrapper and state-dict keys all see the same module
-    student = wrap_student(model, env, find_unused_parameters=task.find_unused_parameters)
+    ddp = cfg.trainer.get("ddp") or {}
+    student = wrap_student(
+        model,
+        env,
+        find_unused_parameters=task.find_unused_parameters,
+        static_graph=bool(ddp.get("static_graph", False)),
+        gradient_as_bucket_view=bool(ddp.get("gradient_as_bucket_view", False)),
+    )
     tracker = builder.build_tracker(cfg, directory, stage, env, state.step, last_step)
     try:
         train_stage(
@@ -178,6 +191,7 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
             checkpointer=checkpointer,
             extra_state={"config": builder.resolved_config(cfg)},
             validator=validator,
+            flops=StepFlops() if cfg.trainer.get("count_flops", True) else None,
         )
     finally:
         tracker.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,18 +24,75 @@ if TYPE_CHECKING:  # tasks import the splitting helpers below
     from samclip.train.tasks.base import Task
 
 
-@dataclass(frozen=True)
 class StepLosses:
     """Global (all-ranks) means for the step; ``total`` is what was differentiated.
 
     ``streams[name]`` / ``parts[f"{name}_{part}"]`` are None for a stream without units this step.
+    The values stay on the device until one is read: reading any of them is the step's one host
+    synchronisation, which the loop does only on the steps it logs. ``total_tensor`` and
+    ``image_counts`` are the device-side values for what runs every step.
     """
 
-    total: float
-    streams: dict[str, float | None]
-    parts: dict[str, float | None]
-    units: dict[str, int]
-    images: dict[str, int]
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        keys: Sequence[tuple[str, str | None]],
+        sums: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> None:
+        self.names = list(weights)
+        self.keys = list(keys)
+        self.sums = sums  # [len(keys)] float64: per stream and part, the global mean
+        self.counts = counts  # [2 * streams] float64: global units, then global images
+        streams = sums[: len(self.names)]
+        weight = torch.tensor([weights[n] for n in self.names], dtype=sums.dtype, device=sums.device)
+        self.total_tensor = (weight * streams).sum()
+        self._weights = dict(weights)
+        self._read: dict[str, Any] | None = None
+
+    @property
+    def image_counts(self) -> torch.Tensor:
+        return self.counts[len(self.names) :]
+
+    def _values(self) -> dict[str, Any]:
+        if self._read is None:
+            values, counts = self.sums.tolist(), self.counts.tolist()
+            n = len(self.names)
+            units = {name: int(c) for name, c in zip(self.names, counts[:n], strict=True)}
+            streams = {name: values[i] if units[name] else None for i, name in enumerate(self.names)}
+            parts = {
+                f"{name}_{part}": values[i] if units[name] else None
+                for i, (name, part) in enumerate(self.keys)
+                if part is not None
+            }
+            self._read = {
+                "total": sum(self._weights[name] * (streams[name] or 0.0) for name in self.names),
+                "streams": streams,
+                "parts": parts,
+                "units": units,
+                "images": {name: int(c) for name, c in zip(self.names, counts[n:], strict=True)},
+            }
+        return self._read
+
+    @property
+    def total(self) -> float:
+        return self._values()["total"]
+
+    @property
+    def streams(self) -> dict[str, float | None]:
+        return self._values()["streams"]
+
+    @property
+    def parts(self) -> dict[str, float | None]:
+        return self._values()["parts"]
+
+    @property
+    def units(self) -> dict[str, int]:
+        return self._values()["units"]
+
+    @property
+    def images(self) -> dict[str, int]:
+        return self._values()["images"]
 
 
 def split_clip(images: torch.Tensor, micro_batch_size: int) -> list[torch.Tensor]:
@@ -83,9 +140,10 @@ def forward_backward(
     }
     local = [float(sum(task.num_units(n, m) for m in micro[n])) for n in names]
     local += [float(sum(task.num_images(n, m) for m in micro[n])) for n in names]
-    counts = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=env.device), env).tolist()
-    units = {n: int(c) for n, c in zip(names, counts[: len(names)], strict=True)}
-    images = {n: int(c) for n, c in zip(names, counts[len(names) :], strict=True)}
+    # Global counts stay on the device: the loss scales below are device tensors, read by no one here.
+    counts = all_reduce_sum(torch.tensor(local, dtype=torch.float64).to(env.device, non_blocking=True), env)
+    # A stream without global units has no loss to scale; its share is never used (no micro-batches).
+    global_units = counts[: len(names)].clamp(min=1.0)
 
     keys = [(n, None) for n in names] + [(n, p) for n in names for p in task.part_names.get(n, ())]
     slot = {key: index for index, key in enumerate(keys)}
@@ -96,17 +154,14 @@ def forward_backward(
         with maybe_no_sync(student, skip_sync=index < len(calls) - 1):
             with _autocast(env.device, autocast_dtype):
                 loss = task.loss(name, student, chunk)
-                share = task.num_units(name, chunk) / units[name]
+                share = task.num_units(name, chunk) / global_units[names.index(name)]
                 sums[slot[name, None]] += loss.total.detach().double() * share
                 for part, value in loss.parts.items():
                     sums[slot[name, part]] += value.detach().double() * share
-            (loss.total * (task.weights[name] * share * env.world_size)).backward()
+            scale = (share * (task.weights[name] * env.world_size)).to(loss.total.dtype)
+            (loss.total * scale).backward()
 
-    values = all_reduce_sum(sums, env).tolist()
-    streams = {n: values[slot[n, None]] if units[n] else None for n in names}
-    parts = {f"{n}_{p}": values[slot[n, p]] if units[n] else None for n, p in keys if p is not None}
-    total = sum(task.weights[n] * (streams[n] or 0.0) for n in names)
-    return StepLosses(total=total, streams=streams, parts=parts, units=units, images=images)
+    return StepLosses(task.weights, keys, all_reduce_sum(sums, env), counts)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

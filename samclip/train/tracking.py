@@ -18,7 +18,16 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from samclip.train.flops import achieved
+
 log = logging.getLogger(__name__)
+
+# Keys of a training line that measure speed, so differ between two runs of the same training.
+TIMING_KEYS = ("s_per_step", "tflops_per_s", "mfu")
+
+
+def is_timing_key(key: str) -> bool:
+    return key.startswith("images_per_s/") or key in TIMING_KEYS
 
 
 class WandbLogger:
@@ -93,7 +102,9 @@ class Tracker:
         start_step: int = 0,
         wandb: WandbLogger | None = None,
         progress: bool = True,
+        peak_tflops: float | None = None,
     ) -> None:
+        """``peak_tflops``: the device's bf16 peak, for the logged MFU (none logged without it)."""
         if log_every < 1:
             raise ValueError(f"logger.log_every must be >= 1, got {log_every}")
         self.stage = stage
@@ -103,6 +114,8 @@ class Tracker:
         self.path = Path(stage_dir) / "metrics.jsonl"
         self.wandb = wandb if enabled else None
         self.images: dict[str, int] = {}
+        self.peak_tflops = peak_tflops
+        self.window_steps = 0
         self.window_start = time.perf_counter()
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,17 +127,25 @@ class Tracker:
         )
 
     def count_images(self, **images: int) -> None:
-        """Images this step, by stream name (throughput is logged for every stream ever counted)."""
+        """Images since the last count, by stream name (throughput is logged for every stream ever counted)."""
         for name, count in images.items():
             self.images[name] = self.images.get(name, 0) + count
+
+    def step_done(self) -> None:
+        """One more optimizer step in the window (for s/step) and on the progress bar."""
+        self.window_steps += 1
         if self.bar is not None:
             self.bar.update(1)
 
     def due(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.last_step
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
-        """Append one JSON line with throughput since the previous log step (rank 0 only)."""
+    def log(self, step: int, metrics: dict[str, Any], flops: float | None = None) -> None:
+        """Append one JSON line with throughput since the previous log step (rank 0 only).
+
+        ``flops``: this rank's model FLOPs since the previous log step, for ``tflops_per_s`` and ``mfu``.
+        """
+        steps, self.window_steps = self.window_steps, 0
         if not self.enabled:
             return
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
@@ -133,6 +154,8 @@ class Tracker:
             "stage": self.stage,
             **metrics,
             **{f"images_per_s/{name}": count / elapsed for name, count in self.images.items()},
+            **({"s_per_step": elapsed / steps} if steps else {}),
+            **(achieved(flops, elapsed, self.peak_tflops) if flops else {}),
         }
         self.images = dict.fromkeys(self.images, 0)
         self.window_start = time.perf_counter()
@@ -143,16 +166,25 @@ class Tracker:
                 {f"{self.stage}/{k}": v for k, v in line.items() if k not in ("step", "stage")}, step
             )
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{line.get('loss', float('nan')):.4f}", refresh=False)
+            postfix = {"loss": f"{line.get('loss', float('nan')):.4f}"}
+            if "mfu" in line:
+                postfix["mfu"] = f"{100 * line['mfu']:.1f}%"
+            self.bar.set_postfix(postfix, refresh=False)
         else:
-            rates = "  ".join(f"{line[f'images_per_s/{name}']:.3g} {name} img/s" for name in self.images)
+            rates = [f"{line[f'images_per_s/{name}']:.3g} {name} img/s" for name in self.images]
+            if "s_per_step" in line:
+                rates.append(f"{line['s_per_step']:.3g} s/step")
+            if "tflops_per_s" in line:
+                rates.append(f"{line['tflops_per_s']:.3g} TFLOP/s")
+            if "mfu" in line:
+                rates.append(f"MFU {100 * line['mfu']:.1f}%")
             log.info(
                 "%s step %d/%d loss %.4g  %s",
                 self.stage,
                 step,
                 self.last_step,
                 line.get("loss", float("nan")),
-                rates,
+                "  ".join(rates),
             )
 
     def log_validation(self, step: int, metrics: dict[str, Any], seconds: float) -> None:

@@ -15,9 +15,7 @@ from planted import compose_smoke, literal, with_assets
 from samclip.models.final_checkpoint import load_final_checkpoint
 from samclip.train.checkpoint import Checkpointer, load_training_checkpoint
 from samclip.train.runner import run
-from samclip.train.tracking import read_metrics
-
-TIMING = ("images_per_s/clip", "images_per_s/sam")
+from samclip.train.tracking import is_timing_key, read_metrics
 
 
 def _train(run_dir: Path, assets: Path, *overrides: str) -> Path:
@@ -26,7 +24,7 @@ def _train(run_dir: Path, assets: Path, *overrides: str) -> Path:
 
 
 def _untimed(path: Path) -> list[dict]:
-    return [{k: v for k, v in line.items() if k not in TIMING} for line in read_metrics(path)]
+    return [{k: v for k, v in line.items() if not is_timing_key(k)} for line in read_metrics(path)]
 
 
 @pytest.fixture(scope="module")

@@ -31,14 +31,24 @@ class NanAt(FakeClipStream):
         return batch
 
 
-def _run(tmp_path: Path, nan_steps: set[int], num_steps: int, max_nonfinite: int, stream=None):
+def _run(
+    tmp_path: Path,
+    nan_steps: set[int],
+    num_steps: int,
+    max_nonfinite: int,
+    stream=None,
+    fused: bool = False,
+    log_every: int = 1,
+    checkpoint_every: int = 1,
+):
     env = single_process_env()
     task = tiny_task(seed=0)
     set_trainable(task.student, ["clip_head.*"])
-    optimizer = build_optimizer(task.student, lr=1e-3, weight_decay=0.1)
+    # Fused AdamW skips non-finite steps on the device (no host read); the foreach one on the host.
+    optimizer = build_optimizer(task.student, lr=1e-3, weight_decay=0.1, fused=fused)
     scheduler = build_scheduler(optimizer, 1, num_steps)
-    checkpointer = Checkpointer(tmp_path / "checkpoints", every_steps=1, keep_last=10)
-    tracker = Tracker(tmp_path, "head_probe", enabled=True, log_every=1, last_step=num_steps)
+    checkpointer = Checkpointer(tmp_path / "checkpoints", every_steps=checkpoint_every, keep_last=10)
+    tracker = Tracker(tmp_path, "head_probe", enabled=True, log_every=log_every, last_step=num_steps)
     state = StageState(step=0)
     error = None
     try:
@@ -63,8 +73,9 @@ def _run(tmp_path: Path, nan_steps: set[int], num_steps: int, max_nonfinite: int
     return task, state, error
 
 
-def test_a_non_finite_step_is_skipped_and_counted(tmp_path: Path) -> None:
-    _, state, error = _run(tmp_path, nan_steps={1}, num_steps=3, max_nonfinite=2)
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path: Path, fused: bool) -> None:
+    _, state, error = _run(tmp_path, nan_steps={1}, num_steps=3, max_nonfinite=2, fused=fused)
     assert error is None and state.step == 3 and state.counters.skipped_steps == 1
     metrics = read_metrics(tmp_path / "metrics.jsonl")
     assert [m["skipped_steps"] for m in metrics] == [0, 1, 1]
@@ -78,9 +89,12 @@ def test_a_non_finite_step_is_skipped_and_counted(tmp_path: Path) -> None:
     assert any(not torch.equal(two["student"][k], three["student"][k]) for k in two["student"])
 
 
-def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint_intact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint_intact(
+    tmp_path: Path, fused: bool
+) -> None:
     # Stream steps are 0-based: loop steps 3, 4, 5 see NaN; the run stops at step 5, before checkpointing it.
-    _, _, error = _run(tmp_path, nan_steps={2, 3, 4}, num_steps=6, max_nonfinite=3)
+    _, _, error = _run(tmp_path, nan_steps={2, 3, 4}, num_steps=6, max_nonfinite=3, fused=fused)
     assert isinstance(error, NonFiniteLossError)
     assert "3 consecutive steps with a non-finite loss" in str(error)
     assert "trainer.max_consecutive_nonfinite=3" in str(error)
@@ -90,6 +104,25 @@ def test_repeated_non_finite_steps_stop_with_the_last_good_checkpoint_intact(tmp
     good = load_training_checkpoint(saved[1])
     assert all(torch.equal(good["student"][k], last["student"][k]) for k in good["student"])
     assert all(torch.isfinite(t).all() for t in last["student"].values())
+
+
+def test_the_device_side_limit_stops_at_the_next_read_with_the_last_good_weights(tmp_path: Path) -> None:
+    """Fused AdamW, nothing read before step 4: loop steps 2 and 3 are NaN (limit 2 reached at step 3), step 4
+    is finite but skipped because the limit was reached; the run stops at step 4 with step 1's weights."""
+    task, state, error = _run(
+        tmp_path / "late", {1, 2}, num_steps=4, max_nonfinite=2, fused=True, log_every=4, checkpoint_every=0
+    )
+    assert isinstance(error, NonFiniteLossError)
+    assert "2 consecutive steps with a non-finite loss or gradient norm at step 3" in str(error)
+    assert state.step == 4 and state.counters.skipped_steps == 3
+    one_step, _, _ = _run(
+        tmp_path / "one", set(), num_steps=1, max_nonfinite=2, fused=True, checkpoint_every=0
+    )
+    for name, param in one_step.student.named_parameters():
+        assert torch.equal(task.student.state_dict()[name], param), name
+    assert not (tmp_path / "late" / "checkpoints").exists() or not list(
+        (tmp_path / "late" / "checkpoints").iterdir()
+    )
 
 
 def test_samples_skipped_by_the_streams_are_logged(tmp_path: Path) -> None:

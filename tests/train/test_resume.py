@@ -24,14 +24,13 @@ from samclip.train.checkpoint import (
     training_state,
 )
 from samclip.train.optim import build_scheduler
-from samclip.train.tracking import read_metrics
+from samclip.train.tracking import is_timing_key, read_metrics
 
 REPO = Path(__file__).parents[2]
-TIMING_KEYS = ("images_per_s/clip", "images_per_s/sam")
 
 
 def _without_timing(lines: list[dict]) -> list[dict]:
-    return [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in lines]
+    return [{k: v for k, v in line.items() if not is_timing_key(k)} for line in lines]
 
 
 def _assert_same_tensors(a: object, b: object, where: str = "") -> None:

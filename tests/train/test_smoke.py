@@ -69,6 +69,9 @@ def test_smoke_runs_all_three_stages(smoke_run: Path) -> None:
                 "skipped_samples",
                 "images_per_s/clip",
                 "images_per_s/sam",
+                "s_per_step",
+                "flops_per_step",
+                "tflops_per_s",
             ):
                 assert key in line, key
             assert any(key.startswith("lr/") for key in line)

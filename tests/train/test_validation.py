@@ -30,7 +30,7 @@ from samclip.models.teachers import ClipTeacher, SamTeacher
 from samclip.train import runner
 from samclip.train.checkpoint import load_training_checkpoint
 from samclip.train.runner import CONFIG_DIR
-from samclip.train.tracking import read_metrics
+from samclip.train.tracking import is_timing_key, read_metrics
 from samclip.train.validation import (
     BestCheckpoint,
     ClipCosine,
@@ -41,7 +41,6 @@ from samclip.train.validation import (
 )
 
 HERE = Path(__file__).parent
-TIMING_KEYS = ("images_per_s/clip", "images_per_s/sam")
 
 
 class FixedClip(nn.Module):
@@ -194,7 +193,7 @@ def test_keep_best_picks_the_best_step_by_mode_and_ignores_ties_and_nan(tmp_path
 
 
 def _without_timing(lines: list[dict]) -> list[dict]:
-    return [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in lines]
+    return [{k: v for k, v in line.items() if not is_timing_key(k)} for line in lines]
 
 
 def test_resume_with_validation_is_exact_and_validation_does_not_change_training(tmp_path: Path) -> None:
