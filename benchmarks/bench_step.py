@@ -92,7 +92,7 @@ def run_samclip(batches: list, workdir: Path) -> float:
         env=env,
         tracker=tracker,
         checkpointer=Checkpointer(workdir / "ckpt", 0),
-        options=LoopOptions(clip_micro_batch_size=CLIP_BATCH, sam_micro_batch_size=SAM_BATCH),
+        options=LoopOptions(micro_batch_sizes={"clip": CLIP_BATCH, "sam": SAM_BATCH}),
     )
     return (time.perf_counter() - start) / len(batches)
 
