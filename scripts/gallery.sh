@@ -2,7 +2,7 @@
 # Regenerates docs/gallery/ with the README's commands: the smoke run's curves, and every other picture from
 # the proxy study at its test size (tiny teachers samclip trains on a world of coloured shapes, and the
 # merged model distilled from them), on held-out images of that world.
-#   bash scripts/gallery.sh [WORK_DIR]      (about 18 minutes on 2 shared CPU cores, 14 of them the proxy study)
+#   bash scripts/gallery.sh [WORK_DIR]      (about 25 minutes on 2 shared CPU cores, almost all of it the proxy study)
 set -euo pipefail
 work=${1:-runs/gallery}
 out=docs/gallery

@@ -46,11 +46,32 @@ def test_head_probe_keeps_the_sam_teacher_exactly(results: dict) -> None:
 
 
 @pytest.mark.study
-def test_sam_teacher_learns_and_lambda_zero_keeps_its_masks(results: dict) -> None:
-    """Measured at this size (seed 0): SAM teacher box mIoU 33.3 (an untrained SAM: ~1.5); λ = 0 after
-    multitask 34.4. The CLIP-side claims are not asserted: at this size (and in the full study, 26.8 vs
-    chance 25) the CLIP teacher stays at chance, so there is nothing for the student to inherit."""
+def test_both_teachers_learn(results: dict) -> None:
+    """Measured at this size (seed 0, 2026-12-02): CLIP teacher zero-shot 87.5 (chance 25); SAM teacher box
+    mIoU 38.9 against the ground truth (an untrained SAM: ~1.5)."""
+    assert results["teachers"]["clip"]["zeroshot_top1"] >= results["chance_top1"] + 40.0
+    assert results["teachers"]["sam"]["box_miou"] >= 25.0
+
+
+@pytest.mark.study
+def test_the_merged_model_gains_zero_shot_and_keeps_the_sam_teachers_masks(results: dict) -> None:
+    """The paper's Table 1 claims, as far as they reproduce here (seed 0): merged zero-shot 39.0 against
+    chance 25 and the head probe's 31.0 (the multitask stage adds what the frozen SAM backbone lacks);
+    box mIoU 37.9 = 0.97 x the SAM teacher's 38.9.
+
+    Not reproduced, so not asserted: "close to the CLIP teacher" (39.0 vs 87.5; the issue's suggested
+    margins, >= chance + 30 and >= 0.7 x teacher, fail at this size and in the full study, docs/proxy/)."""
+    merged, stages = results["merged"], results["stages"]
+    assert merged["zeroshot_top1"] >= results["chance_top1"] + 7.0
+    assert merged["zeroshot_top1"] >= stages["head_probe"]["zeroshot_top1"] + 3.0
+    assert merged["box_miou"] >= 0.9 * results["teachers"]["sam"]["box_miou"]
+
+
+@pytest.mark.study
+def test_lambda_zero_does_not_forget_at_this_length(results: dict) -> None:
+    """The paper's forgetting at λ = 0 does not reproduce in the proxy (seed 0): λ = 0 keeps box mIoU 38.9,
+    the teacher's, while λ = 10 gives 37.9. The backbone does move (max relative weight change 2 %; 21 %
+    with its lr multiplier raised from 0.1 to 1, still 38.9): this guards that finding, see docs/proxy/."""
     teacher = results["teachers"]["sam"]["box_miou"]
-    assert teacher >= 25.0
     by_weight = {row["sam_weight"]: row for row in results["lambda_ablation"]}
-    assert by_weight[0.0]["box_miou"] >= teacher - 5.0
+    assert by_weight[0.0]["box_miou"] >= teacher - 3.0
