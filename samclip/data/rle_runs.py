@@ -126,19 +126,4 @@ def resize_runs_many(runs: np.ndarray, per_mask: np.ndarray, frame: ResizedFrame
 
 def resize_runs(runs: np.ndarray, frame: ResizedFrame) -> RunMask:
     """COCO run lengths of a ``frame.height x frame.width`` mask -> its nearest-resized rectangles."""
-    height = frame.height
-    bounds = np.cumsum(runs)
-    starts, ends = bounds[0:-1:2], bounds[1::2]  # runs alternate background, foreground, ...
-    keep = ends > starts
-    starts, ends = starts[keep], ends[keep]
-    # Cut each foreground run at column boundaries: one piece per (run, column it touches).
-    first_col, last_col = starts // height, (ends - 1) // height
-    spans = last_col - first_col + 1
-    run = np.repeat(np.arange(starts.size), spans)
-    col = first_col[run] + (np.arange(run.size) - np.repeat(np.cumsum(spans) - spans, spans))
-    r0 = np.where(col == first_col[run], starts[run] - col * height, 0)
-    r1 = np.where(col == last_col[run], ends[run] - col * height, height)
-    i0, i1 = np.searchsorted(frame.rows, r0), np.searchsorted(frame.rows, r1)
-    j0, j1 = np.searchsorted(frame.cols, col), np.searchsorted(frame.cols, col, side="right")
-    visible = (i1 > i0) & (j1 > j0)
-    return RunMask(i0[visible], i1[visible], j0[visible], j1[visible])
+    return resize_runs_many(runs, np.array([runs.size]), frame)[0]
