@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from samclip.automatic import generate_masks
 from samclip.models import SamClipConfig, SamClipModel, create_model
-from samclip.predictor import Predictor
-from samclip.pretrained import (
+from samclip.serve.automatic import generate_masks
+from samclip.serve.predictor import Predictor
+from samclip.serve.pretrained import (
     create_model_and_transforms,
     from_pretrained,
     get_tokenizer,
@@ -17,7 +17,7 @@ from samclip.pretrained import (
 )
 
 if TYPE_CHECKING:
-    from samclip.inference import MergedSamClip
+    from samclip.serve.merged import MergedSamClip
 
 __version__ = "0.1.0"
 __all__ = [
@@ -43,6 +43,6 @@ def load(path: str | Path, *, allow_hub: bool = False) -> MergedSamClip:
 
     Imported on call: open_clip's import alone takes seconds, and ``import samclip`` should not pay it.
     """
-    from samclip.inference import load as load_merged
+    from samclip.serve.merged import load as load_merged
 
     return load_merged(path, allow_hub=allow_hub)

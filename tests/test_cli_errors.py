@@ -54,18 +54,18 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.slow
 def test_every_cli_reports_user_errors_in_one_line(files: dict[str, Path]) -> None:
     checkpoint = str(files["student"])
-    predict = ("samclip.predict", "samclip-predict")
+    predict = ("samclip.cli.predict", "samclip-predict")
     cases = [
         (predict, [str(files["image"]), "--checkpoint", checkpoint, "--boxes", "1,2,3", "--out", "o.png"], ["--boxes"]),
         (predict, [str(files["text"]), "--checkpoint", checkpoint, "--labels", "a", "--out", "o.png"], ["notes.txt"]),
         (predict, [str(files["empty"]), "--checkpoint", checkpoint, "--labels", "a", "--out", "o"], ["no image files"]),
-        (("samclip.export", "samclip-export"),
+        (("samclip.cli.export", "samclip-export"),
          [checkpoint, "--model", "samclip_vit_b", "--format", "sam", "--out", str(files["root"] / "x.pth")],
          ["not a state dict of samclip_vit_b", "tensors of another shape"]),
         (("samclip.train", "samclip-train"), ["stages=[finetune]", f"run_dir={files['root'] / 'run'}"],
          ["unknown stage 'finetune'"]),
-        (("samclip.evaluate", "samclip-eval"), ["eval=semseg_voc"], ["run_dir=DIR is required"]),
-        (("samclip.data.cli", "samclip-data preview"), ["preview", "sam", str(files["empty"]), "--out", "p.png"], []),
+        (("samclip.cli.eval", "samclip-eval"), ["eval=semseg_voc"], ["run_dir=DIR is required"]),
+        (("samclip.cli.data", "samclip-data preview"), ["preview", "sam", str(files["empty"]), "--out", "p.png"], []),
     ]  # fmt: skip
     for (module, prog), args, needles in cases:
         result = run_cli(module, *args)
@@ -76,8 +76,8 @@ def test_every_cli_reports_user_errors_in_one_line(files: dict[str, Path]) -> No
 @pytest.mark.slow
 def test_debug_shows_the_traceback(files: dict[str, Path]) -> None:
     args = [str(files["image"]), "--checkpoint", str(files["student"]), "--boxes", "1,2,3", "--out", "o.png"]
-    assert "Traceback" in run_cli("samclip.predict", *args, "--debug").stderr
-    assert "Traceback" in run_cli("samclip.predict", *args, env={"SAMCLIP_DEBUG": "1"}).stderr
+    assert "Traceback" in run_cli("samclip.cli.predict", *args, "--debug").stderr
+    assert "Traceback" in run_cli("samclip.cli.predict", *args, env={"SAMCLIP_DEBUG": "1"}).stderr
 
 
 def test_omegaconf_errors_name_the_full_key() -> None:

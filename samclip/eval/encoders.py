@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from samclip.eval.zeroshot import OPENAI_TEMPLATES, Template, TextModel, build_text_classifier
-from samclip.inference import MergedSamClip
 from samclip.models.teachers import ClipTeacher
+from samclip.models.zeroshot_classifier import OPENAI_TEMPLATES, Template, TextModel, build_text_classifier
+from samclip.serve.merged import MergedSamClip
 
 
 @dataclass

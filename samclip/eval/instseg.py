@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from samclip.eval.visualize import class_palette, overlay
-from samclip.inference import MergedSamClip
+from samclip.serve.merged import MergedSamClip
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -1,4 +1,4 @@
-"""Metrics shared by the evaluation tasks: confusion-matrix IoU, retrieval recall, top-k accuracy."""
+"""Metrics shared by the evaluation tasks: confusion-matrix IoU, retrieval recall (top-k hits: ``samclip.models.zeroshot_classifier``)."""
 
 from __future__ import annotations
 
@@ -53,14 +53,6 @@ class ConfusionMatrix:
     def pixel_accuracy(self) -> float:
         total = self.matrix.sum()
         return float(np.trace(self.matrix) / total) if total else float("nan")
-
-
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
-    """How many rows have their target among the ``k`` highest logits, for each k (capped at C)."""
-    max_k = min(max(ks), logits.shape[1])
-    top = logits.topk(max_k, dim=1).indices
-    hits = top == targets[:, None]
-    return {k: int(hits[:, : min(k, max_k)].any(dim=1).sum()) for k in ks}
 
 
 def retrieval_recall(

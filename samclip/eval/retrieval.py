@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from samclip.data.transforms import classification_transform
 from samclip.eval.datasets.retrieval import (
     CaptionedImage,
     load_image_batch,
@@ -19,8 +20,7 @@ from samclip.eval.datasets.retrieval import (
 )
 from samclip.eval.encoders import resolve_encoder
 from samclip.eval.metrics import retrieval_recall
-from samclip.eval.transforms import classification_transform
-from samclip.inference import MergedSamClip
+from samclip.serve.merged import MergedSamClip
 
 
 def evaluate_retrieval(

@@ -26,16 +26,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from samclip.data.transforms import resize_square, to_float_tensor
 from samclip.eval.datasets.semseg import SegmentationDataset, open_segmentation_dataset
 from samclip.eval.datasets.workers import usable_num_workers
 from samclip.eval.metrics import IGNORE_INDEX, ConfusionMatrix
 from samclip.eval.seg_heads import HEADS, build_head
-from samclip.eval.transforms import resize_square, to_float_tensor
 from samclip.eval.visualize import class_palette, save_segmentation_panel
-from samclip.inference import MergedSamClip
 from samclip.models import SamClipModel, create_model
 from samclip.models.checkpoint_files import atomic_torch_save
 from samclip.models.preprocess import pad_to_square
+from samclip.serve.merged import MergedSamClip
 
 FEATURES = ("tokens", "neck")
 ENCODERS = ("student", "sam")

@@ -14,8 +14,8 @@ from tqdm import tqdm
 from samclip.eval.datasets.semseg import open_segmentation_dataset
 from samclip.eval.metrics import ConfusionMatrix
 from samclip.eval.visualize import class_palette, save_segmentation_panel
-from samclip.eval.zeroshot import segment_with_both_heads, segment_with_clip_head
-from samclip.inference import MergedSamClip
+from samclip.serve.merged import MergedSamClip
+from samclip.serve.zeroshot import segment_with_both_heads, segment_with_clip_head
 
 MODES = ("clip", "composed")
 MAX_LISTED_FALLBACKS = 50  # results.json names at most this many fallback images (all are counted)
@@ -42,7 +42,7 @@ def evaluate_semseg(
     """``root`` is the dataset root as distributed (see ``samclip.eval.datasets.semseg`` for the layouts).
 
     ``composed_protocol`` (mode=composed): ``paper`` (appendix C) or ``weighted``; see
-    ``samclip.eval.zeroshot.segment_with_both_heads``.
+    ``samclip.serve.zeroshot.segment_with_both_heads``.
     """
     if model is None:
         raise ValueError("semantic segmentation needs checkpoint=FILE")

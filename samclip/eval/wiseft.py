@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from samclip.eval.report import write_results
-from samclip.inference import MergedSamClip
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import load_final_checkpoint
 from samclip.models.sam_checkpoint import read_sam_checkpoint, split_sam_state_dict, validate_sam_state_dict
+from samclip.serve.merged import MergedSamClip
 
 Task = Callable[..., dict[str, Any]]
 

@@ -9,11 +9,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from samclip.eval.datasets.classification import image_folder_loader, read_classnames, webdataset_loader
+from samclip.data.classnames import read_classnames
+from samclip.data.transforms import classification_transform
+from samclip.eval.datasets.classification import image_folder_loader, webdataset_loader
 from samclip.eval.encoders import resolve_encoder
-from samclip.eval.metrics import topk_correct
-from samclip.eval.transforms import classification_transform
-from samclip.inference import MergedSamClip
+from samclip.models.zeroshot_classifier import topk_correct
+from samclip.serve.merged import MergedSamClip
 
 log = logging.getLogger(__name__)
 

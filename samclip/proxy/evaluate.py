@@ -16,8 +16,8 @@ from pycocotools import mask as mask_utils
 
 from samclip.data.sa1b import parse_annotation_file
 from samclip.eval.datasets.semseg import LAYOUTS, SegmentationDataset, voc
-from samclip.inference import MergedSamClip
 from samclip.models import SamClipModel
+from samclip.serve.merged import MergedSamClip
 
 PROXY_LAYOUT = "proxy_shapes"
 

@@ -30,7 +30,6 @@ from samclip.config_root import config_dir
 from samclip.eval.report import write_results
 from samclip.eval.semseg import evaluate_semseg
 from samclip.eval.zeroshot_cls import evaluate_zeroshot_cls
-from samclip.inference import load
 from samclip.models import create_model
 from samclip.proxy.evaluate import PROXY_LAYOUT, evaluate_prompted_miou
 from samclip.proxy.teachers import (
@@ -40,6 +39,7 @@ from samclip.proxy.teachers import (
     train_sam_teacher,
 )
 from samclip.proxy.world import SHAPES, ProxyWorld, write_world
+from samclip.serve.merged import load
 from samclip.train.runner import run
 
 log = logging.getLogger(__name__)

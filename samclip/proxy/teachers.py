@@ -25,7 +25,6 @@ from torchvision.datasets import ImageFolder
 
 from samclip.data import SamStream
 from samclip.data.clip_stream import clip_eval_transform
-from samclip.eval.zeroshot import build_text_classifier
 from samclip.losses import dice_loss_per_mask, focal_loss_per_mask
 from samclip.models import get_model_config
 from samclip.models.final_checkpoint import atomic_torch_save
@@ -35,6 +34,7 @@ from samclip.models.sam_head import decode_masks
 
 # Importing teachers registers samclip's small open_clip configs (samclip-proxy-clip among them).
 from samclip.models.teachers import ClipTeacher  # noqa: F401
+from samclip.models.zeroshot_classifier import build_text_classifier
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,9 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from samclip.data.batches import ClipBatch, SamBatch
-from samclip.eval.datasets.classification import read_classnames
-from samclip.eval.metrics import topk_correct
-from samclip.eval.transforms import classification_transform
-from samclip.eval.zeroshot import OPENAI_TEMPLATES, build_text_classifier
+from samclip.data.classnames import read_classnames
+from samclip.data.transforms import classification_transform
+from samclip.models.zeroshot_classifier import OPENAI_TEMPLATES, build_text_classifier, topk_correct
 from samclip.train.checkpoint import rng_state, set_rng_state
 from samclip.train.distributed import DistEnv, all_reduce_sum, barrier
 from samclip.train.tasks.sam_clip import SamClipTask

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from samclip.cli.data import main as data_cli
 from samclip.data import ClipBatch, SamBatch
-from samclip.data.cli import main as data_cli
 from samclip.data.preview import (
     CAPTION_TILE,
     MASK_ALPHA,

@@ -4,7 +4,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from samclip.data.cli import main
+from samclip.cli.data import main
 from samclip.data.clip_stream import ClipStream
 from samclip.data.manifest import read_manifest
 from samclip.data.sam_stream import SamStream

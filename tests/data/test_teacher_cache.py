@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from samclip.data.cli import main as data_cli
+from samclip.cli.data import main as data_cli
 from samclip.data.clip_stream import ClipStream, draw_crop_view
 from samclip.data.sam_stream import SamStream
 from samclip.data.teacher_cache import (

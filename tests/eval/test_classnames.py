@@ -9,13 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from samclip.eval.datasets.classification import image_folder_loader, read_classnames
-from samclip.eval.datasets.classnames import (
+from samclip.data.classnames import (
     COCO_STUFF_CLASSES,
     CONTEXT_CLASSES,
     VOC_CLASSES,
     prompt_names,
+    read_classnames,
 )
+from samclip.eval.datasets.classification import image_folder_loader
 from samclip.eval.datasets.semseg import SegmentationDataset
 
 

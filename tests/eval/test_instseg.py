@@ -14,8 +14,8 @@ from pycocotools.cocoeval import COCOeval
 from segment_anything import SamPredictor
 
 from samclip.eval.instseg import coco_mask_ap, encode_masks, evaluate_instseg, lvis_mask_ap, mask_results
-from samclip.export import official_sam_state_dict
 from samclip.models.sam_checkpoint import build_official_sam
+from samclip.serve.export import official_sam_state_dict
 
 SIZE = (96, 128)  # H, W
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from constructed import CLIP_NAME, COLORS, write_image_folder
 
+from samclip.cli.eval import main
 from samclip.eval.linear_probe import (
     FeatureSet,
     evaluate_linear_probe,
@@ -19,8 +20,7 @@ from samclip.eval.linear_probe import (
     logistic_loss,
     stratified_split,
 )
-from samclip.evaluate import main
-from samclip.inference import load
+from samclip.serve.merged import load
 
 NUM_CLASSES = 4
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from samclip.eval.metrics import ConfusionMatrix, retrieval_recall, topk_correct
+from samclip.eval.metrics import ConfusionMatrix, retrieval_recall
+from samclip.models.zeroshot_classifier import topk_correct
 
 
 def test_miou_equals_a_hand_computed_confusion_matrix_and_honours_ignore():

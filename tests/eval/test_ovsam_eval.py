@@ -11,13 +11,13 @@ import torch
 from pycocotools import mask as mask_utils
 
 import samclip
+from samclip.cli.export import main as export_main
 from samclip.data.synth_instances import SYNTH_NOVEL_CLASSES, make_synthetic_instances
 from samclip.eval.instseg import evaluate_instseg
 from samclip.eval.ovsam import InstanceResult, evaluate_prompts, mask_centre, table1_metrics
-from samclip.export import main as export_main
 from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
 from samclip.models.ovsam import create_ovsam_model
-from samclip.ovsam_inference import OpenVocabularySam
+from samclip.serve.ovsam import OpenVocabularySam
 
 
 @pytest.fixture(scope="module")

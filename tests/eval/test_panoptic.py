@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samclip.eval.datasets.classnames import coco_panoptic_prompt_names
+from samclip.cli.eval import main
+from samclip.data.classnames import coco_panoptic_prompt_names
 from samclip.eval.datasets.semseg import open_segmentation_dataset
 from samclip.eval.metrics import IGNORE_INDEX
-from samclip.evaluate import main
 
 # In the json's order, which is not id order: class indices follow the json (0..4), not the ids.
 CATEGORIES = [

@@ -22,7 +22,7 @@ from constructed import (
 from PIL import Image
 
 from samclip.eval.retrieval import evaluate_retrieval
-from samclip.inference import load
+from samclip.serve.merged import load
 
 
 def _caption(name: str) -> str:

@@ -12,12 +12,12 @@ import torch
 from constructed import write_voc
 from PIL import Image
 
-from samclip.eval.datasets.classnames import VOC_CLASSES
+from samclip.cli.eval import main
+from samclip.data.classnames import VOC_CLASSES
 from samclip.eval.datasets.semseg import open_segmentation_dataset
 from samclip.eval.metrics import IGNORE_INDEX, ConfusionMatrix
 from samclip.eval.seg_heads import HEADS, build_head
 from samclip.eval.seg_probe import augment, evaluate_seg_probe
-from samclip.evaluate import main
 from samclip.models import get_model_config
 from samclip.models.sam_checkpoint import build_official_sam
 

@@ -9,12 +9,13 @@ from constructed import dual_basis, voc_palette_png, write_voc
 from PIL import Image
 from torch import nn
 
-from samclip.eval.datasets.classnames import VOC_CLASSES
+from samclip.data.classnames import VOC_CLASSES
 from samclip.eval.datasets.semseg import open_segmentation_dataset
 from samclip.eval.semseg import evaluate_semseg
-from samclip.eval.zeroshot import _sample_points, build_text_classifier
-from samclip.inference import MergedSamClip
 from samclip.models import ClipHeadOutput, SamClipOutput, get_model_config
+from samclip.models.zeroshot_classifier import build_text_classifier
+from samclip.serve.merged import MergedSamClip
+from samclip.serve.zeroshot import _sample_points
 
 # Two flat regions per image; boundaries fall on patch edges at 448 px, so the right answer is exact.
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)

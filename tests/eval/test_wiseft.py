@@ -10,9 +10,9 @@ from constructed import CLASSNAMES, COLORS, write_image_folder
 
 from samclip.eval.wiseft import endpoint_state_dict, evaluate_wiseft, interpolate_state_dicts
 from samclip.eval.zeroshot_cls import evaluate_zeroshot_cls
-from samclip.export import export_sam
-from samclip.inference import load
 from samclip.models.final_checkpoint import load_final_checkpoint
+from samclip.serve.export import export_sam
+from samclip.serve.merged import load
 
 
 def test_alpha_0_and_1_reproduce_the_endpoints(classifying_checkpoints, tmp_path):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from samclip.data.transforms import classification_transform
 from samclip.eval.datasets import workers
 from samclip.eval.datasets.classification import image_folder_loader
-from samclip.eval.transforms import classification_transform
 
 
 @pytest.fixture

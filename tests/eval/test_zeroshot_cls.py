@@ -14,7 +14,7 @@ from constructed import CLASSNAMES, CLIP_NAME, COLORS, constant_images, dual_bas
 from PIL import Image
 
 from samclip.eval.zeroshot_cls import evaluate_zeroshot_cls
-from samclip.inference import load
+from samclip.serve.merged import load
 
 
 def _run(checkpoint: Path, tmp_path: Path, **kwargs: object) -> dict:
@@ -162,6 +162,6 @@ def test_class_count_must_match_the_folders(merged, tmp_path):
 def test_the_config_default_names_classes_by_their_folders():
     from omegaconf import OmegaConf
 
-    from samclip.evaluate import CONFIG_DIR
+    from samclip.cli.eval import CONFIG_DIR
 
     assert OmegaConf.load(CONFIG_DIR / "eval" / "zeroshot_cls.yaml").classnames is None

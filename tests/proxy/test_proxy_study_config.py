@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from samclip.data.cli import main as data_main
+from samclip.cli.data import main as data_main
 from samclip.models.teachers import ClipTeacher
 from samclip.proxy.cli import main as proxy_main
 from samclip.proxy.study import STUDY_SIZES, ablation_overrides, compose_recipe

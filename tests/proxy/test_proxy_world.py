@@ -13,9 +13,9 @@ from pycocotools import mask as mask_utils
 
 from samclip.data import ClipStream, SamStream
 from samclip.data.sa1b import parse_annotation_file
+from samclip.data.transforms import classification_transform
 from samclip.eval.datasets.classification import image_folder_loader
 from samclip.eval.datasets.semseg import open_segmentation_dataset
-from samclip.eval.transforms import classification_transform
 from samclip.proxy.evaluate import PROXY_LAYOUT
 from samclip.proxy.world import SHAPES, ProxyWorld, make_scene, sa1b_files, write_world
 

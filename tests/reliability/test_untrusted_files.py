@@ -17,12 +17,12 @@ from PIL import Image
 from planted import compose_smoke, literal, plant_trap, with_assets
 
 import samclip
-from samclip.export import load_student
-from samclip.inference import MergedSamClip, TextEncoder
+from samclip.cli.predict import main as predict_main
 from samclip.models import create_model
 from samclip.models.final_checkpoint import ClipTeacherSpec, load_final_checkpoint
 from samclip.models.teachers import ClipTeacher, SamTeacher
-from samclip.predict import main as predict_main
+from samclip.serve.export import load_student
+from samclip.serve.merged import MergedSamClip, TextEncoder
 from samclip.train.checkpoint import load_training_checkpoint
 from samclip.train.runner import run
 
@@ -107,7 +107,7 @@ def test_evaluate_cli_refuses_a_planted_pickle(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "samclip.evaluate",
+            "samclip.cli.eval",
             "eval=zeroshot_cls",
             f"checkpoint={trap}",
             f"run_dir={tmp_path}",
@@ -191,8 +191,8 @@ def test_an_untrusted_export_config_is_validated_before_anything_is_built(
     def no_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model was built before config.json was validated")
 
-    monkeypatch.setattr("samclip.inference.create_model_from_config", no_build)
-    monkeypatch.setattr("samclip.inference.open_clip.create_model", no_build)
+    monkeypatch.setattr("samclip.serve.merged.create_model_from_config", no_build)
+    monkeypatch.setattr("samclip.serve.merged.open_clip.create_model", no_build)
     with pytest.raises(ValueError, match=literal(f"{directory / 'config.json'}: {message}")):
         samclip.load(directory)
 
@@ -207,7 +207,7 @@ def test_a_hub_text_model_is_fetched_only_with_the_opt_in(
         fetched.append(name)
         raise RuntimeError("offline")
 
-    monkeypatch.setattr("samclip.inference.open_clip.create_model", fake_fetch)
+    monkeypatch.setattr("samclip.serve.merged.open_clip.create_model", fake_fetch)
     with pytest.raises(ValueError, match="names a hub location"):
         samclip.load(directory)
     assert fetched == []

@@ -61,7 +61,7 @@ def test_ovsam_smoke_trains_both_stages(ovsam_run: Path) -> None:
 def test_ovsam_eval_and_predict_on_the_smoke_checkpoint(ovsam_run: Path, tmp_path: Path) -> None:
     data = ovsam_run / "data" / "instances"
     _run(
-        "samclip.evaluate",
+        "samclip.cli.eval",
         "eval=ovsam_coco",
         f"checkpoint={ovsam_run / 'clip2sam' / 'final.pt'}",
         f"run_dir={tmp_path / 'eval'}",
@@ -77,7 +77,7 @@ def test_ovsam_eval_and_predict_on_the_smoke_checkpoint(ovsam_run: Path, tmp_pat
     image = data / "val" / "000000000001.jpg"
     out = tmp_path / "overlay.png"
     _run(
-        "samclip.predict",
+        "samclip.cli.predict",
         str(image),
         "--checkpoint",
         str(ovsam_run / "clip2sam" / "final.pt"),

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from samclip.data.cli import main as data_cli
+from samclip.cli.data import main as data_cli
 from samclip.data.clip_stream import ClipStream
 from samclip.data.sam_stream import SamStream
 from samclip.losses import CosineDistillationLoss, MaskDistillationLoss
@@ -101,7 +101,10 @@ def test_a_cached_step_equals_the_online_step(assets: Path) -> None:
         str(assets / "data/sam/sa_{000000..000001}.tar"), global_batch_size=2, image_size=256, masks_per_image=4,
         teacher_cache=str(assets / "sam_cache"), draft_decode=False, **common,
     )  # fmt: skip
-    cached = {"clip": next(iter(clip)).to("cpu"), "sam": next(iter(sam)).to("cpu")}  # as the trainer moves them
+    cached = {
+        "clip": next(iter(clip)).to("cpu"),
+        "sam": next(iter(sam)).to("cpu"),
+    }  # as the trainer moves them
     assert all(b.teacher_embeds is not None for b in cached.values())
     # The same crops and prompts, the teachers run online instead.
     online = {name: replace(batch, teacher_embeds=None) for name, batch in cached.items()}

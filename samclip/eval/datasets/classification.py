@@ -5,36 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision.datasets import ImageFolder
 
-from samclip.eval.datasets.classnames import prompt_names
 from samclip.eval.datasets.workers import usable_num_workers
 
 IMAGE_KEYS = "jpg;jpeg;png;webp"
-
-
-def read_classnames(
-    spec: str | Sequence[str] | None, folder_classes: Sequence[str] | None = None
-) -> list[str]:
-    """Class names in label order: ``"imagenet"`` (open_clip's list), a text file (one per line), a list,
-    or, for an ImageFolder, its folder names (underscores as spaces) when ``spec`` is None."""
-    if spec is None:
-        if folder_classes is None:
-            raise ValueError("eval.classnames is required for webdataset classification data")
-        return list(prompt_names([name.replace("_", " ") for name in folder_classes]))
-    if isinstance(spec, str):
-        if spec == "imagenet":
-            return list(open_clip.IMAGENET_CLASSNAMES)
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"class name file {path} does not exist (or use 'imagenet' or a list)")
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return [str(name) for name in spec]
 
 
 class ImageFolderByNumber(ImageFolder):

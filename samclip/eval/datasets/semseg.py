@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from samclip.eval.datasets.classnames import (
+from samclip.data.classnames import (
     ADE20K_CLASSES,
     COCO_STUFF_CLASSES,
     CONTEXT_CLASSES,

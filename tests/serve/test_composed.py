@@ -7,9 +7,9 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from samclip.export import official_sam_state_dict
-from samclip.inference import MergedSamClip
 from samclip.models.sam_checkpoint import build_official_sam
+from samclip.serve.export import official_sam_state_dict
+from samclip.serve.merged import MergedSamClip
 
 LABELS = ["background", "dog", "cat", "horse", "car", "tree"]
 

@@ -13,8 +13,8 @@ from constructed import CLIP_NAME
 from PIL import Image
 
 import samclip
-from samclip.inference import MergedSamClip
 from samclip.models import MODEL_CONFIGS
+from samclip.serve.merged import MergedSamClip
 
 
 def test_list_models_are_the_sizes_create_model_builds() -> None:

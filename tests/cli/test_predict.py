@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from samclip.cli.predict import composed_points, main, parse_numbers, predict_cli
 from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
-from samclip.predict import composed_points, main, parse_numbers, predict_cli
 
 
 @pytest.fixture

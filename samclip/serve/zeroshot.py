@@ -1,48 +1,25 @@
-"""Zero-shot heads on top of the merged model: text classifiers, CLIP-head and CLIP+SAM semantic segmentation."""
+"""Zero-shot semantic segmentation with the merged model: the CLIP head alone, or prompting the SAM head with it.
+
+The text classifier these take is :func:`samclip.models.zeroshot_classifier.build_text_classifier`'s.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 
-from samclip.eval.transforms import resize_square, to_float_tensor
+from samclip.data.transforms import resize_square, to_float_tensor
 from samclip.models import SamClipModel
 from samclip.models.preprocess import upscale_mask_logits
 
-Template = str | Callable[[str], str]
-OPENAI_TEMPLATES: tuple[Template, ...] = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)  # the 80 templates
 # Coarse CLIP-head probabilities become SAM mask-input logits through log-odds, clamped to SAM's usual range.
 MASK_INPUT_CLAMP = 20.0
 # How the CLIP head prompts the SAM head (``segment_with_both_heads``): "paper" is appendix C, "weighted" the
 # variant this package had first (probability-weighted points, background never prompted).
 COMPOSED_PROTOCOLS = ("paper", "weighted")
-
-
-class TextModel(Protocol):
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
-
-
-def build_text_classifier(
-    text_model: TextModel,
-    tokenizer: Callable[[list[str]], torch.Tensor],
-    classnames: Sequence[str],
-    templates: Sequence[Template] = OPENAI_TEMPLATES,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """[D, C] unit-norm class embeddings: each class's template embeddings averaged (open_clip's helper)."""
-    return open_clip.build_zero_shot_classifier(
-        text_model,
-        tokenizer=tokenizer,
-        classnames=[name.strip() for name in classnames],
-        templates=list(templates),
-        num_classes_per_batch=10,
-        device=device,
-    )
 
 
 class ClassPrompt(NamedTuple):

@@ -21,7 +21,7 @@ from PIL import Image
 from samclip.models import MODEL_CONFIGS, SamClipConfig, SamClipModel, create_model
 
 if TYPE_CHECKING:
-    from samclip.inference import MergedSamClip
+    from samclip.serve.merged import MergedSamClip
 
 MODEL_CARD = "README.md"
 
@@ -66,7 +66,7 @@ def create_model_and_transforms(
     official SAM file when ``sam_checkpoint`` is given). The transforms give float images in [0, 1]: the
     model normalises its input itself.
     """
-    from samclip.eval.transforms import classification_transform
+    from samclip.data.transforms import classification_transform
 
     if pretrained is None:
         model: MergedSamClip | SamClipModel = create_model(name, sam_checkpoint=sam_checkpoint).to(device)
@@ -109,7 +109,7 @@ def from_pretrained(
     The export's ``config.json`` is validated before anything is built; a text model it names on a hub
     (``hf-hub:...``) is fetched only with ``allow_hub=True``.
     """
-    from samclip.inference import load
+    from samclip.serve.merged import load
 
     path = Path(name_or_path)
     if path.exists():

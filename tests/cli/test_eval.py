@@ -15,8 +15,8 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 import samclip
-from samclip.eval.datasets.classnames import VOC_CLASSES
-from samclip.evaluate import CONFIG_DIR, main
+from samclip.cli.eval import CONFIG_DIR, main
+from samclip.data.classnames import VOC_CLASSES
 
 TASKS = sorted(path.stem for path in (CONFIG_DIR / "eval").glob("*.yaml"))
 
@@ -103,7 +103,7 @@ def test_semseg_voc_run_writes_results_markdown_and_pictures(final_checkpoint, t
 
 
 def test_missing_dataset_root_is_reported(final_checkpoint, tmp_path):
-    from samclip.evaluate import evaluate
+    from samclip.cli.eval import evaluate
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(

@@ -10,9 +10,9 @@ import pytest
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from samclip.export import main as export_main
-from samclip.inference import MergedSamClip
+from samclip.cli.export import main as export_main
 from samclip.models.preprocess import pad_to_square
+from samclip.serve.merged import MergedSamClip
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -19,10 +19,10 @@ from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import rle_to_mask
 
 from samclip.models.samclip_model import SamClipModel
-from samclip.predictor import Predictor
+from samclip.serve.predictor import Predictor
 
 if TYPE_CHECKING:
-    from samclip.inference import MergedSamClip
+    from samclip.serve.merged import MergedSamClip
 
 
 @torch.no_grad()

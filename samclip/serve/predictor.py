@@ -24,7 +24,7 @@ from samclip.models.samclip_model import SamClipModel
 from samclip.models.segment_anything_view import BackboneAsSamEncoder, as_segment_anything
 
 if TYPE_CHECKING:  # importing inference at run time pulls open_clip in
-    from samclip.inference import Classification, MergedSamClip, TextEncoder
+    from samclip.serve.merged import Classification, MergedSamClip, TextEncoder
 
 
 class MaskLabels(NamedTuple):
@@ -67,7 +67,7 @@ class Predictor:
 
         The padding of SAM's square frame is cropped away first, so the max-pool sees the image only.
         """
-        from samclip.inference import Classification
+        from samclip.serve.merged import Classification
 
         tokens = self._require_tokens()
         rows, cols = self._image_grid()

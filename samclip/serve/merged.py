@@ -20,15 +20,7 @@ from PIL import Image
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from samclip.eval.transforms import ImageLike, classification_transform, to_uint8_array
-from samclip.eval.zeroshot import (
-    OPENAI_TEMPLATES,
-    SemanticPrediction,
-    Template,
-    build_text_classifier,
-    segment_with_both_heads,
-    segment_with_clip_head,
-)
+from samclip.data.transforms import ImageLike, classification_transform, to_uint8_array
 from samclip.models import SamClipConfig, SamClipModel, Segmentation, create_model_from_config
 from samclip.models.config import MODEL_CONFIGS
 from samclip.models.final_checkpoint import (
@@ -41,7 +33,9 @@ from samclip.models.final_checkpoint import (
 
 # Importing teachers also registers samclip's small open_clip configs.
 from samclip.models.teachers import FrozenTeacher, create_open_clip, open_clip_tokenizer
-from samclip.ovsam_inference import OVSAM_EXPORT_FILE, OpenVocabularySam
+from samclip.models.zeroshot_classifier import OPENAI_TEMPLATES, Template, build_text_classifier
+from samclip.serve.ovsam import OVSAM_EXPORT_FILE, OpenVocabularySam
+from samclip.serve.zeroshot import SemanticPrediction, segment_with_both_heads, segment_with_clip_head
 
 EXPORT_FORMAT = "samclip-merged"
 EXPORT_VERSION = 1
@@ -263,7 +257,7 @@ class MergedSamClip(nn.Module):
         self, image: ImageLike, labels: Sequence[str] | None = None, **generator_options: Any
     ) -> list[dict[str, Any]]:
         """Segment everything (``SamAutomaticMaskGenerator``), each mask named among ``labels`` if given."""
-        from samclip.automatic import generate_masks
+        from samclip.serve.automatic import generate_masks
 
         return generate_masks(self, to_uint8_array(image), labels, **generator_options)
 
@@ -293,7 +287,7 @@ def load(
     A directory's ``config.json`` is validated before anything is built; a ``text_model`` naming a hub
     location (``hf-hub:...``) is fetched only with ``allow_hub=True``. An Open-Vocabulary SAM checkpoint
     (``model_kind`` ovsam, or an export holding ``ovsam.pt``) gives an
-    :class:`~samclip.ovsam_inference.OpenVocabularySam` (prompt -> mask + label).
+    :class:`~samclip.serve.ovsam.OpenVocabularySam` (prompt -> mask + label).
     """
     path = Path(path)
     if path.is_dir() and (path / OVSAM_EXPORT_FILE).is_file():

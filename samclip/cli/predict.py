@@ -31,11 +31,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from samclip.cli_errors import pop_debug_flag, user_errors
-from samclip.eval.transforms import to_uint8_array
+from samclip.data.transforms import to_uint8_array
 from samclip.eval.visualize import class_palette, colorize, draw_legend, draw_prompts, overlay
-from samclip.eval.zeroshot import SemanticPrediction
-from samclip.inference import MergedSamClip, load
-from samclip.ovsam_inference import OpenVocabularySam
+from samclip.serve.merged import MergedSamClip, load
+from samclip.serve.ovsam import OpenVocabularySam
+from samclip.serve.zeroshot import SemanticPrediction
 
 log = logging.getLogger(__name__)
 

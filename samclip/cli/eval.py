@@ -25,7 +25,7 @@ import samclip
 from samclip.cli_errors import user_errors
 from samclip.config_root import config_dir
 from samclip.eval.report import to_markdown, write_results
-from samclip.inference import MergedSamClip, load
+from samclip.serve.merged import MergedSamClip, load
 
 log = logging.getLogger(__name__)
 

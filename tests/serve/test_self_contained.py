@@ -16,10 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from samclip.inference import MergedSamClip, TextEncoder, load
+from samclip.cli.predict import main as predict_main
 from samclip.models.final_checkpoint import load_final_checkpoint, save_final_checkpoint
 from samclip.models.teachers import ClipTeacher
-from samclip.predict import main as predict_main
+from samclip.serve.merged import MergedSamClip, TextEncoder, load
 from samclip.train.builder import clip_teacher_spec
 
 IMAGE = (np.random.default_rng(3).random((48, 80, 3)) * 255).astype(np.uint8)

@@ -10,10 +10,10 @@ import torch
 from constructed import random_student
 from segment_anything import SamPredictor, sam_model_registry
 
-from samclip.export import export_cli
-from samclip.export import main as export_main
-from samclip.inference import load
+from samclip.cli.export import export_cli
+from samclip.cli.export import main as export_main
 from samclip.models.sam_checkpoint import build_official_sam
+from samclip.serve.merged import load
 
 RNG = np.random.default_rng(0)
 IMAGE = (RNG.random((150, 200, 3)) * 255).astype(np.uint8)

@@ -1,8 +1,12 @@
-"""Class names of the semantic segmentation benchmarks, in label order (as mmsegmentation lists them)."""
+"""Class names: the semantic segmentation benchmarks' (in label order, as mmsegmentation lists them), a
+classification set's (``read_classnames``), and both as text prompts."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+import open_clip
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -88,3 +92,22 @@ def _plain_name(name: str) -> str:
 
 
 coco_panoptic_prompt_names = prompt_names  # the panoptic reader's name for it
+
+
+def read_classnames(
+    spec: str | Sequence[str] | None, folder_classes: Sequence[str] | None = None
+) -> list[str]:
+    """Class names in label order: ``"imagenet"`` (open_clip's list), a text file (one per line), a list,
+    or, for an ImageFolder, its folder names (underscores as spaces) when ``spec`` is None."""
+    if spec is None:
+        if folder_classes is None:
+            raise ValueError("eval.classnames is required for webdataset classification data")
+        return list(prompt_names([name.replace("_", " ") for name in folder_classes]))
+    if isinstance(spec, str):
+        if spec == "imagenet":
+            return list(open_clip.IMAGENET_CLASSNAMES)
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"class name file {path} does not exist (or use 'imagenet' or a list)")
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [str(name) for name in spec]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samclip.eval.transforms import ImageLike, to_uint8_array
+from samclip.data.transforms import ImageLike, to_uint8_array
 from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
 from samclip.models.ovsam import OvSamConfig, OvSamEmbedding, OvSamModel
 from samclip.models.preprocess import (

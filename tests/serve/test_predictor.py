@@ -7,11 +7,11 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
-from samclip.automatic import generate_masks
-from samclip.export import official_sam_state_dict
-from samclip.inference import MergedSamClip
 from samclip.models.sam_checkpoint import build_official_sam
-from samclip.predictor import Predictor
+from samclip.serve.automatic import generate_masks
+from samclip.serve.export import official_sam_state_dict
+from samclip.serve.merged import MergedSamClip
+from samclip.serve.predictor import Predictor
 
 # NMS off (IoU threshold 1) and no quality filters, so a random model's every grid mask is compared.
 UNFILTERED = {

@@ -1,4 +1,4 @@
-"""Session fixtures for the evaluation tests: the tiny CLIP tower, tiny merged models, known-answer students."""
+"""Fixtures shared by the eval, serve and cli tests: a constructed merged model, its checkpoints and classifier."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from constructed import (
     random_student,
 )
 
-from samclip.eval.zeroshot import build_text_classifier
-from samclip.inference import MergedSamClip, load
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import ClipTeacherSpec, save_final_checkpoint
+from samclip.models.zeroshot_classifier import build_text_classifier
+from samclip.serve.merged import MergedSamClip, load
 
 
 @pytest.fixture(scope="session")
