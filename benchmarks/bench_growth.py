@@ -10,9 +10,11 @@ ViT-B; the tiny teachers for tiny). Per point:
 
 - model FLOPs of forward + backward, counted on meta tensors (``torch.utils.flop_counter``, as
   ``gpu_step.py --flops-only``); teachers included;
-- bytes saved for backward, counted on meta (``saved_tensors_hooks``: every tensor autograd keeps, each
-  tensor object once, weights and their views left out; views of one activation count separately, so
-  an upper bound): the activation memory;
+- the peak of the bytes saved for backward, counted on meta (``saved_tensors_hooks``: the tensors
+  autograd keeps, each tensor once while it lives, weights and their views left out; a micro-batch's
+  are freed by its backward; views of one activation count separately, so an upper bound): the
+  activation memory, for the CPU's attention path (SDPA's math path keeps the attention probabilities;
+  flash/memory-efficient kernels on a GPU do not);
 - on the CPU (one thread, a fresh subprocess per point): CPU seconds per step of forward + backward +
   AdamW (process time, so other jobs on a shared machine count less; wall clock beside it), the median
   of ``--iters`` after one warm-up step, and the peak RSS growth over the process's size before
@@ -33,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -119,19 +122,22 @@ def count_on_meta(model: str, point: Point) -> dict:
     meta = torch.device("meta")
     task = meta_task(model)
     batches = make_batches(point, MODELS[model][2], meta)
-    saved: dict[int, int] = {}
+    live: dict[int, int] = {}  # saved tensors alive now: freed with their micro-batch's graph
+    peak = [0]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         weight = isinstance(tensor, torch.nn.Parameter) or isinstance(tensor._base, torch.nn.Parameter)
-        if not weight:  # a weight (or its transpose) is saved too, but held anyway: not an activation
-            saved[id(tensor)] = tensor.numel() * tensor.element_size()
+        if not weight and id(tensor) not in live:  # a weight is saved too, but held anyway
+            live[id(tensor)] = tensor.numel() * tensor.element_size()
+            weakref.finalize(tensor, live.pop, id(tensor), None)
+            peak[0] = max(peak[0], sum(live.values()))
         return tensor
 
     counter = StepFlops()
     keep = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     with torch.device(meta), counter.count({"point": None}), keep:
         step(task, batches, meta)
-    return {"gflops": counter.last / 1e9, "saved_mib": sum(saved.values()) / 2**20}
+    return {"gflops": counter.last / 1e9, "saved_mib": peak[0] / 2**20}
 
 
 def time_on_cpu(model: str, point: Point, iters: int) -> dict:
