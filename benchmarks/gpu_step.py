@@ -17,7 +17,7 @@ embedding (its prompt encoder and mask decoder still run), both synthetic tensor
 It measures what a cache saves, not the cache's own reading cost.
 
 Printed per arm: s/step (median-free: the mean over the measured window, after warm-up steps that
-include the one FLOP-counted step), model TFLOP/s and MFU against the device's bf16 peak, peak memory,
+include the one FLOP-counted step), CLIP and SAM images/s per GPU, model TFLOP/s and MFU against the device's bf16 peak, peak memory,
 and the SDPA backend torch picks for the global blocks' biased attention at the CLIP and SAM sizes.
 """
 
@@ -205,6 +205,8 @@ def run_arm(name: str, shapes: Shapes, args: argparse.Namespace, teacher: str, d
         "shapes": f"{shapes.clip_images} x {shapes.clip_resolution} CLIP + 1 x {shapes.sam_frame} SAM, {shapes.masks} masks",
         "steps": args.steps,
         "s_per_step": seconds / args.steps,
+        "clip_images_per_s": shapes.clip_images * args.steps / seconds,
+        "sam_images_per_s": args.steps / seconds,
         "tflops_per_step": line.get("flops_per_step", 0.0) / 1e12,
         "tflops_per_s": line.get("tflops_per_s"),
         "mfu": line.get("mfu"),
@@ -295,15 +297,17 @@ def main() -> None:
             results.append(result)
             print(json.dumps(result), flush=True)
     print(
-        "| arm | teacher | s/step | TFLOP/step | TFLOP/s | MFU | peak GiB | SDPA kernel (CLIP / SAM size) |"
+        "| arm | teacher | s/step | CLIP images/s | SAM images/s | TFLOP/step | TFLOP/s | MFU | peak GiB "
+        "| SDPA kernel (CLIP / SAM size) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         memory = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
         kernels = " / ".join(r["sdpa_kernel_global_blocks"].values())
         print(
-            f"| {r['shapes']} | {r['teacher']} | {r['s_per_step']:.3f} | {r['tflops_per_step']:.3g} | "
+            f"| {r['shapes']} | {r['teacher']} | {r['s_per_step']:.3f} | {r['clip_images_per_s']:.0f} | "
+            f"{r['sam_images_per_s']:.1f} | {r['tflops_per_step']:.3g} | "
             f"{(r['tflops_per_s'] or 0):.1f} | {mfu} | {memory} | {kernels} |"
         )
     if args.json is not None:

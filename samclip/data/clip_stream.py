@@ -16,9 +16,9 @@ from samclip.data.bad_samples import BadSample
 from samclip.data.batches import SAM_PAD_VALUE_UINT8, ClipBatch, restore_sam_padding
 from samclip.data.holdout import KeyHoldout
 from samclip.data.images import (
-    DecodedImage,
+    DecodedPixels,
     decode_image,
-    decode_image_reduced,
+    decode_pixels_reduced,
     image_bytes,
     to_tensor,
     to_uint8_tensor,
@@ -84,7 +84,7 @@ def draw_crop_view(
 
 
 def crop_view_pixels(
-    decoded: DecodedImage, view: CropView, resolution: int, sam_frame: bool = False
+    decoded: DecodedPixels, view: CropView, resolution: int, sam_frame: bool = False
 ) -> torch.Tensor:
     """``view`` (in stored pixels) of ``decoded`` resized to ``resolution``: [3, R, R] uint8.
 
@@ -99,7 +99,7 @@ def crop_view_pixels(
     left, top = round(view.left * scale_x), round(view.top * scale_y)
     right = max(left + 1, round((view.left + view.width) * scale_x))
     bottom = max(top + 1, round((view.top + view.height) * scale_y))
-    crop = to_uint8_tensor(decoded.image)[None, :, top:bottom, left:right]
+    crop = decoded.pixels[None, :, top:bottom, left:right]
     if sam_frame:
         height, width = resized_longest_side_shape(view.height, view.width, resolution)
         resized = F.interpolate(crop, (height, width), mode="bilinear", antialias=True, align_corners=False)
@@ -135,7 +135,8 @@ def render_crop_view(
     ``sam_frame``: padded with the exact ``SAM_PAD_VALUE``, which is what the CLIP head sees in composed
     inference.
     """
-    pixels = crop_view_pixels(DecodedImage(image, image.width, image.height), view, resolution, sam_frame)
+    decoded = DecodedPixels(to_uint8_tensor(image), image.width, image.height)
+    pixels = crop_view_pixels(decoded, view, resolution, sam_frame)
     unit = uint8_to_unit(pixels)
     if sam_frame:
         size = resized_longest_side_shape(view.height, view.width, resolution)
@@ -174,10 +175,11 @@ def decode_clip_sample(raw: dict) -> tuple[str, Image.Image]:
 
 
 def decode_clip_sample_reduced(
-    raw: dict, min_size: Callable[[int, int], tuple[int, int]] | None
-) -> tuple[str, DecodedImage]:
-    """:func:`decode_clip_sample` at the smallest scale ``min_size`` allows (``decode_image_reduced``)."""
-    return raw["__key__"], decode_image_reduced(image_bytes(raw), min_size)
+    raw: dict, min_size: Callable[[int, int], tuple[int, int]]
+) -> tuple[str, DecodedPixels]:
+    """:func:`decode_clip_sample`'s pixels, at the smallest scale ``min_size`` allows, as uint8
+    (``decode_pixels_reduced``)."""
+    return raw["__key__"], decode_pixels_reduced(image_bytes(raw), min_size)
 
 
 @dataclass
@@ -232,7 +234,7 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
 
     def _decode_with_view(
         self, raw: dict, resolution: int, sam_frame: bool, rng: np.random.Generator, global_step: int
-    ) -> tuple[str, DecodedImage, CropView | None, torch.Tensor | None]:
+    ) -> tuple[str, DecodedPixels, CropView, torch.Tensor | None]:
         """The sample decoded at the smallest scale its training view allows, that view, and the cached
         teacher embedding of it (None when the stream has no cache).
 
@@ -255,11 +257,11 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
 
         state = rng.bit_generator.state
         try:
-            key, decoded = decode_clip_sample_reduced(raw, decode_size if self.train else None)
+            key, decoded = decode_clip_sample_reduced(raw, decode_size)
         except BadSample:
             rng.bit_generator.state = state
             raise
-        return key, decoded, views[0] if views else None, target
+        return key, decoded, views[0], target
 
     def build(self, global_step: int, reader: SampleReader, rng: np.random.Generator) -> ClipBatch:
         resolution, batch_size = self.schedule.per_rank_at(global_step)
@@ -271,15 +273,17 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
         frame_sizes, targets = [], []
         for j in range(batch_size):
             source = int(rng.choice(len(self.weights), p=self.weights)) if len(self.weights) > 1 else 0
+            if not self.train:  # the eval transform is PIL's bicubic (open_clip's), on the PIL image
+                key, image = reader.next(source, decode_clip_sample)
+                images[j] = clip_eval_pixels(image, resolution)
+                keys.append(key)
+                continue
             key, decoded, view, target = reader.next(
                 source, lambda raw: self._decode_with_view(raw, resolution, sam_frame, rng, global_step)
             )
-            if view is not None:
-                images[j] = crop_view_pixels(decoded, view, resolution, sam_frame)
-                if sam_frame:
-                    frame_sizes.append(resized_longest_side_shape(view.height, view.width, resolution))
-            else:
-                images[j] = clip_eval_pixels(decoded.image, resolution)
+            images[j] = crop_view_pixels(decoded, view, resolution, sam_frame)
+            if sam_frame:
+                frame_sizes.append(resized_longest_side_shape(view.height, view.width, resolution))
             if target is not None:
                 targets.append(target)
             keys.append(key)

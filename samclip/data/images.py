@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from samclip.data.bad_samples import BadSample
 
@@ -54,17 +56,88 @@ def decode_image_reduced(data: bytes, min_size: Callable[[int, int], tuple[int, 
     Decoding at 1/2 scale reads a quarter of the pixels; what is resized down afterwards loses nothing
     it would have kept. ``min_size=None`` decodes at full size.
     """
-    try:
-        image = Image.open(io.BytesIO(data))
-        swapped = image.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS
-        stored_width, stored_height = image.size
-        full_width, full_height = (stored_height, stored_width) if swapped else (stored_width, stored_height)
+    with _classified_errors():
+        header = _OpenedImage(data)
         if min_size is not None:
-            width, height = min_size(full_width, full_height)
-            if image.format == "JPEG" and (width, height) != (full_width, full_height):
-                image.draft(image.mode, (height, width) if swapped else (width, height))
-        image.load()
-        image = ImageOps.exif_transpose(image)
+            header.draft(*min_size(header.full_width, header.full_height))
+        return header.decode()
+
+
+@dataclass(frozen=True)
+class DecodedPixels:
+    """[3, H, W] uint8 pixels decoded from a file of ``full_width x full_height`` (EXIF-oriented)."""
+
+    pixels: torch.Tensor
+    full_width: int
+    full_height: int
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(x, y) decoded pixels per stored pixel, as :attr:`DecodedImage.scale`."""
+        return self.pixels.shape[2] / self.full_width, self.pixels.shape[1] / self.full_height
+
+
+def decode_pixels_reduced(
+    data: bytes, min_size: Callable[[int, int], tuple[int, int]] | None
+) -> DecodedPixels:
+    """:func:`decode_image_reduced`'s pixels as a [3, H, W] uint8 tensor, the same values.
+
+    A JPEG that decodes at full size, RGB or grey, with no EXIF rotation (what img2dataset writes) goes
+    through torchvision's ``decode_jpeg``: the same libjpeg-turbo decode as PIL's (identical pixels, a
+    test checks), straight into a tensor, without PIL's copies after it (``tobytes`` for the array, then
+    the array's own). Everything else (a DCT-scaled decode, which torchvision does not offer; other
+    formats and modes; a rotation) goes through PIL, and so does a file torchvision refuses, so that a
+    truncated file is told from an undecodable one exactly as :func:`decode_image_reduced` tells them.
+    """
+    with _classified_errors():
+        header = _OpenedImage(data)
+        if min_size is not None:
+            header.draft(*min_size(header.full_width, header.full_height))
+        fits_torchvision = header.image.format == "JPEG" and header.image.mode in ("RGB", "L")
+        if fits_torchvision and not header.reduced and header.orientation == 1:
+            try:
+                encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                pixels = decode_jpeg(encoded, mode=ImageReadMode.RGB)
+            except RuntimeError:
+                pass  # PIL's decode below raises the classified error (or decodes what libjpeg allows)
+            else:
+                return DecodedPixels(pixels, header.full_width, header.full_height)
+        decoded = header.decode()
+    return DecodedPixels(to_uint8_tensor(decoded.image), decoded.full_width, decoded.full_height)
+
+
+class _OpenedImage:
+    """A file's header read by PIL (no pixels yet): its EXIF orientation and oriented size."""
+
+    def __init__(self, data: bytes) -> None:
+        self.image = Image.open(io.BytesIO(data))
+        self.orientation = self.image.getexif().get(_EXIF_ORIENTATION, 1)
+        self.swapped = self.orientation in _TRANSPOSED_ORIENTATIONS
+        stored_width, stored_height = self.image.size
+        self.full_width, self.full_height = (
+            (stored_height, stored_width) if self.swapped else (stored_width, stored_height)
+        )
+        self.reduced = False
+
+    def draft(self, width: int, height: int) -> None:
+        """Ask a JPEG for the smallest DCT scale still ``width x height`` (oriented frame) or larger."""
+        if self.image.format == "JPEG" and (width, height) != (self.full_width, self.full_height):
+            stored = self.image.size
+            self.image.draft(self.image.mode, (height, width) if self.swapped else (width, height))
+            self.reduced = self.image.size != stored
+
+    def decode(self) -> DecodedImage:
+        self.image.load()
+        # exif_transpose returns a copy even when there is nothing to turn: a full image copy per sample.
+        image = ImageOps.exif_transpose(self.image) if self.orientation != 1 else self.image
+        return DecodedImage(to_rgb(image), self.full_width, self.full_height)
+
+
+@contextmanager
+def _classified_errors() -> Iterator[None]:
+    """PIL's (and libjpeg's) exceptions -> ``BadSample`` with the kind the skip counters report."""
+    try:
+        yield
     except Image.UnidentifiedImageError as exn:
         raise BadSample("undecodable_image", str(exn)) from exn
     except OSError as exn:
@@ -72,7 +145,6 @@ def decode_image_reduced(data: bytes, min_size: Callable[[int, int], tuple[int, 
         raise BadSample(kind, str(exn)) from exn
     except (SyntaxError, ValueError, Image.DecompressionBombError) as exn:
         raise BadSample("undecodable_image", f"{type(exn).__name__}: {exn}") from exn
-    return DecodedImage(to_rgb(image), full_width, full_height)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from sample_layouts import write_web_shards
 from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.io import decode_jpeg
 
+from samclip.data import images
+from samclip.data.bad_samples import BadSample
 from samclip.data.clip_stream import (
     ClipStream,
     clip_eval_transform,
@@ -95,3 +100,55 @@ def test_sam_frame_resolutions_must_be_trained_resolutions(tmp_path) -> None:
         ClipStream(
             shards, resolutions=[32], base_batch_size=2, base_resolution=32, sam_frame_resolutions=[64]
         )
+
+
+def _jpeg(array: np.ndarray, mode: str | None = None, orientation: int | None = None) -> bytes:
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "orientation", "draft", "through_torchvision"),
+    [
+        (None, None, False, True),  # img2dataset's case: RGB, no rotation, full-size decode
+        ("L", None, False, True),
+        (None, 6, False, False),  # a rotation: PIL's exif_transpose
+        ("CMYK", None, False, False),
+        (None, None, True, False),  # a DCT-scaled decode: PIL's draft
+    ],
+)
+def test_decoded_pixels_are_the_pil_decode(
+    monkeypatch, mode, orientation, draft, through_torchvision
+) -> None:
+    """The stream's uint8 decode equals PIL's decode (``decode_image_reduced``) value for value, and takes
+    torchvision's ``decode_jpeg`` exactly where it says it does."""
+    rng = np.random.default_rng(0)
+    smooth = TF.resize(torch.from_numpy(rng.integers(0, 256, (3, 12, 16), dtype=np.uint8)), [96, 128])
+    data = _jpeg(smooth.permute(1, 2, 0).numpy().copy(), mode, orientation)
+    calls = []
+    monkeypatch.setattr(images, "decode_jpeg", lambda *a, **k: calls.append(1) or decode_jpeg(*a, **k))
+    min_size = (lambda w, h: (w // 2, h // 2)) if draft else (lambda w, h: (w, h))
+    ours = images.decode_pixels_reduced(data, min_size)
+    reference = images.decode_image_reduced(data, min_size)
+    assert bool(calls) == through_torchvision
+    assert ours.pixels.dtype == torch.uint8 and (ours.full_width, ours.full_height) == (
+        reference.full_width,
+        reference.full_height,
+    )
+    assert ours.scale == reference.scale and (ours.scale == (0.5, 0.5)) == draft
+    assert torch.equal(ours.pixels, images.to_uint8_tensor(reference.image))
+
+
+def test_decoded_pixels_tell_a_truncated_jpeg_as_pil_does() -> None:
+    data = _jpeg(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    for cut in (len(data) // 2, 300):
+        with pytest.raises(BadSample) as ours:
+            images.decode_pixels_reduced(data[:cut], lambda w, h: (w, h))
+        with pytest.raises(BadSample) as reference:
+            images.decode_image_reduced(data[:cut], lambda w, h: (w, h))
+        assert ours.value.kind == reference.value.kind == "truncated_image"

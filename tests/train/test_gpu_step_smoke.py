@@ -33,6 +33,8 @@ def test_gpu_step_smoke_runs_both_teacher_arms(tmp_path: Path) -> None:
     assert (online["teacher"], cached["teacher"]) == ("online", "cached")
     for arm in (online, cached):
         assert math.isfinite(arm["loss"]) and arm["s_per_step"] > 0
+        assert arm["clip_images_per_s"] == pytest.approx(4 / arm["s_per_step"])  # SMOKE: 4 CLIP images a step
+        assert arm["sam_images_per_s"] == pytest.approx(1 / arm["s_per_step"])
         assert arm["mfu"] is None  # no peak on the CPU unless given
         assert set(arm["sdpa_kernel_global_blocks"]) == {"64px", "256px"}
     # The cached arm runs neither teacher's image encoder: fewer FLOPs, the student's unchanged.
