@@ -1,4 +1,4 @@
-"""``samclip-proxy --out DIR [--size test|quick|full] [--seed S]``: the proxy study (see samclip.proxy.study)."""
+"""``samclip-proxy --out DIR [--size test|quick|full] [--seeds S ...]``: the proxy study (see samclip.proxy.study)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="samclip-proxy", description=__doc__)
     parser.add_argument("--out", required=True, help="study directory (world, teachers, runs, results.json)")
     parser.add_argument("--size", choices=sorted(STUDY_SIZES), default="quick")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="student seeds (default: the size's, 3 for quick/full)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        run_study(args.out, args.size, args.seed)
+        run_study(args.out, args.size, args.seeds)
     except (ValueError, FileNotFoundError) as exn:
         print(f"samclip-proxy: error: {exn}", file=sys.stderr)
         raise SystemExit(2) from exn

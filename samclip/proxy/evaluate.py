@@ -92,3 +92,35 @@ def evaluate_prompted_miou(
         "point_mIoU": 100.0 * float(point.mean()),
         "num_instances": int(box.size),
     }
+
+
+def box_baselines(shards: str | Sequence[str], min_mask_area: float = 100.0) -> dict[str, float]:
+    """What a box prompt gives without any image: the box itself filled as the mask (mIoU against the
+    ground truth, %, on the instances ``evaluate_prompted_miou`` prompts). A SAM that scores below it has
+    learned less than its prompt already says; the study reports both."""
+    urls = [shards] if isinstance(shards, str) else list(shards)
+    ious = []
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        record = parse_annotation_file(sample["json"])
+        for annotation in record.annotations:
+            if annotation["area"] < min_mask_area:
+                continue
+            target = mask_utils.decode(annotation["segmentation"]).astype(bool)
+            x, y, w, h = annotation["bbox"]
+            box = np.zeros_like(target)
+            box[round(y) : round(y + h), round(x) : round(x + w)] = True
+            ious.append(_mask_iou(box[None], target[None])[0])
+    if not ious:
+        raise ValueError(f"no instance of area >= {min_mask_area} in {urls}")
+    return {"box_as_mask_miou": 100.0 * float(np.mean(ious)), "num_instances": len(ious)}
+
+
+def majority_top1(root: str | Path) -> float:
+    """Top-1 (%) of always answering the held-out ImageFolder's most frequent class: the floor a collapsed
+    classifier reaches (the head probe on the frozen SAM backbone answers one class for every image)."""
+    counts = [
+        sum(1 for p in folder.iterdir() if p.is_file()) for folder in Path(root).iterdir() if folder.is_dir()
+    ]
+    if not counts or not sum(counts):
+        raise ValueError(f"{root}: no class folders with images")
+    return 100.0 * max(counts) / sum(counts)

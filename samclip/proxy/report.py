@@ -1,4 +1,8 @@
-"""The proxy study's Markdown table and plots, from its ``results.json`` dictionary."""
+"""The proxy study's Markdown tables and plots, from its ``results.json`` dictionary.
+
+Every student number is a mean over the study's seeds with its standard error (``± SE``; one seed
+shows no spread and prints none).
+"""
 
 from __future__ import annotations
 
@@ -12,83 +16,119 @@ import matplotlib.pyplot as plt
 
 METRICS = ("zeroshot_top1", "box_miou", "point_miou", "semseg_miou_clip", "semseg_miou_composed")
 HEADERS = ("zero-shot top-1", "box mIoU", "point mIoU", "semseg mIoU (CLIP head)", "semseg mIoU (composed)")
+CONTROL = "control_no_clip"  # samclip.proxy.study.CONTROL (the study imports this module, not back)
+STUDENT_ROWS = (
+    ("after head_probe", "head_probe"),
+    ("after multitask (λ = 10)", "multitask"),
+    ("**merged** (after res_adapt)", "res_adapt"),
+    ("control: multitask without L_clip", f"{CONTROL}/multitask"),
+    ("**control merged** (then res_adapt)", CONTROL),
+)
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
+def _cell(value: dict[str, Any] | float | None) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, dict):
+        return f"{value['mean']:.1f}" + (f" ± {value['se']:.1f}" if len(value["values"]) > 1 else "")
+    return f"{value:.1f}"
 
 
-def results_markdown(results: dict[str, Any], size: str, seed: int, timings: dict[str, float]) -> str:
+def _mean(row: dict[str, Any], key: str) -> float:
+    return row[key]["mean"]
+
+
+def results_markdown(results: dict[str, Any], timings: dict[str, float]) -> str:
     """The study's numbers as Markdown tables (percent; IoU against ground-truth masks)."""
-    teachers = results["teachers"]
-    rows = [
+    teachers, rows, seeds = results["teachers"], results["rows"], results["seeds"]
+    fixed = [
         ("chance", {"zeroshot_top1": results["chance_top1"]}),
+        ("one class for every image (the majority)", {"zeroshot_top1": results.get("majority_top1")}),
+        ("box as its own mask (no image)", {"box_miou": results["baselines"]["box_as_mask_miou"]}),
         ("CLIP teacher", teachers["clip"]),
         ("SAM teacher", teachers["sam"]),
-        *((f"stage {name}", metrics) for name, metrics in results["stages"].items()),
-        ("**merged** (after res_adapt)", results["merged"]),
     ]
     lines = [
-        f"# Proxy study (`--size {size} --seed {seed}`)",
+        f"# Proxy study (`--size {results['size']}`, seeds {', '.join(map(str, seeds))})",
         "",
-        "All numbers in percent; mIoU against the ground-truth masks of held-out images.",
+        "All numbers in percent; mIoU against the ground-truth masks of held-out images. Student rows: mean ±"
+        " standard error over the seeds (world and teachers fixed, built from the first seed).",
         "",
         "| model | " + " | ".join(HEADERS) + " |",
         "|---|" + "---|" * len(HEADERS),
     ]
-    lines += [f"| {name} | " + " | ".join(_cell(m.get(k)) for k in METRICS) + " |" for name, m in rows]
-    lines += ["", "λ ablation (multitask stage, each from the same head_probe final.pt):", ""]
-    lines += ["| λ (loss.sam_weight) | zero-shot top-1 | box mIoU |", "|---|---|---|"]
+    lines += [f"| {name} | " + " | ".join(_cell(m.get(k)) for k in METRICS) + " |" for name, m in fixed]
     lines += [
-        f"| {row['sam_weight']:g} | {_cell(row['zeroshot_top1'])} | {_cell(row['box_miou'])} |"
-        for row in results["lambda_ablation"]
+        f"| {name} | " + " | ".join(_cell(rows[key].get(k)) for k in METRICS) + " |"
+        for name, key in STUDENT_ROWS
+        if key in rows
     ]
+    lines += ["", "λ ablation (multitask stage, each from the same head_probe final.pt):", ""]
+    lines += ["| λ (loss.sam_weight) | zero-shot top-1 | box mIoU | point mIoU |", "|---|---|---|---|"]
+    for weight in results["sam_weights"]:
+        row = rows[f"lambda_{weight:g}"]
+        lines.append(
+            f"| {weight:g} | {_cell(row['zeroshot_top1'])} | {_cell(row['box_miou'])} | {_cell(row['point_miou'])} |"
+        )
     lines += ["", "Wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
     return "\n".join(lines)
 
 
+def _errorbar(axis: Any, xs: list[Any], rows: list[dict[str, Any]], key: str, **style: Any) -> None:
+    axis.errorbar(xs, [r[key]["mean"] for r in rows], yerr=[r[key]["se"] for r in rows], capsize=4, **style)
+
+
 def plot_results(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """``stages.png`` (top-1 and box mIoU per stage vs the teachers) and ``lambda.png`` (the λ trade-off)."""
-    stages = list(results["stages"])
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    """``stages.png`` (zero-shot and box mIoU per stage, recipe vs control, against the teachers and the
+    baselines) and ``lambda.png`` (the λ trade-off with error bars)."""
+    rows, teachers = results["rows"], results["teachers"]
+    stages = ["head_probe", "multitask", "res_adapt"]
+    control = [rows["head_probe"], rows[f"{CONTROL}/multitask"], rows[CONTROL]]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     panels = (
-        (
-            "zeroshot_top1",
-            "zero-shot top-1 (%)",
-            results["teachers"]["clip"]["zeroshot_top1"],
-            "CLIP teacher",
-        ),
-        ("box_miou", "box-prompted mIoU (%)", results["teachers"]["sam"]["box_miou"], "SAM teacher"),
+        ("zeroshot_top1", "zero-shot top-1 (%)", teachers["clip"]["zeroshot_top1"], "CLIP teacher"),
+        ("box_miou", "box-prompted mIoU (%)", teachers["sam"]["box_miou"], "SAM teacher"),
     )
     for axis, (key, label, teacher, teacher_name) in zip(axes, panels, strict=True):
-        axis.plot(stages, [results["stages"][s][key] for s in stages], "o-", label="merged student")
+        _errorbar(axis, stages, [rows[s] for s in stages], key, fmt="o-", label="recipe (λ = 10)")
+        _errorbar(axis, stages, control, key, fmt="s--", label="control: stage 2 without L_clip")
         axis.axhline(teacher, color="tab:red", linestyle="--", label=teacher_name)
         if key == "zeroshot_top1":
             axis.axhline(results["chance_top1"], color="gray", linestyle=":", label="chance")
+            if results.get("majority_top1") is not None:
+                axis.axhline(results["majority_top1"], color="black", linestyle=":", label="majority class")
+        else:
+            axis.axhline(results["baselines"]["box_as_mask_miou"], color="gray", linestyle=":",
+                         label="box as its own mask")  # fmt: skip
         axis.set_ylabel(label)
         axis.set_ylim(0, 100)
-        axis.set_title(f"{label.split(' (')[0]} per stage")
-        axis.legend(loc="lower right")
-    figure.suptitle("Proxy study: the merged model against its two teachers")
+        axis.set_title(f"{label.split(' (')[0]} after each stage")
+        axis.legend(loc="lower right", fontsize=8)
+    seeds = len(results["seeds"])
+    figure.suptitle(f"Proxy study ({results['size']}): the merged model against its teachers, "
+                    f"mean ± SE over {seeds} seed{'s' * (seeds > 1)}")  # fmt: skip
     figure.tight_layout()
     stages_path = out / "stages.png"
     figure.savefig(stages_path, dpi=120)
     plt.close(figure)
 
-    rows = results["lambda_ablation"]
-    figure, axis = plt.subplots(figsize=(5.5, 4.5))
-    top1 = [r["zeroshot_top1"] for r in rows]
-    box = [r["box_miou"] for r in rows]
-    axis.plot(top1, box, "o-", label="multitask stage, λ = loss.sam_weight")
-    for row, x, y in zip(rows, top1, box, strict=True):
-        axis.annotate(f"λ={row['sam_weight']:g}", (x, y), textcoords="offset points", xytext=(6, 4))
-    axis.axhline(results["teachers"]["sam"]["box_miou"], color="tab:red", linestyle="--", label="SAM teacher")
-    axis.axvline(results["teachers"]["clip"]["zeroshot_top1"], color="tab:green", linestyle="--",
-                 label="CLIP teacher")  # fmt: skip
+    weights = results["sam_weights"]
+    ablation = [rows[f"lambda_{w:g}"] for w in weights]
+    figure, axis = plt.subplots(figsize=(6, 4.6))
+    axis.errorbar(
+        [_mean(r, "zeroshot_top1") for r in ablation], [_mean(r, "box_miou") for r in ablation],
+        xerr=[r["zeroshot_top1"]["se"] for r in ablation], yerr=[r["box_miou"]["se"] for r in ablation],
+        fmt="o-", capsize=4, label="multitask stage, λ = loss.sam_weight",
+    )  # fmt: skip
+    for weight, row in zip(weights, ablation, strict=True):
+        axis.annotate(f"λ={weight:g}", (_mean(row, "zeroshot_top1"), _mean(row, "box_miou")),
+                      textcoords="offset points", xytext=(6, 4))  # fmt: skip
+    axis.axhline(teachers["sam"]["box_miou"], color="tab:red", linestyle="--", label="SAM teacher")
+    axis.axvline(teachers["clip"]["zeroshot_top1"], color="tab:green", linestyle="--", label="CLIP teacher")
     axis.set_xlabel("zero-shot top-1 (%)")
     axis.set_ylabel("box-prompted mIoU (%)")
-    axis.set_title("λ trade-off: CLIP learning vs SAM forgetting")
-    axis.legend(loc="lower left")
+    axis.set_title("λ trade-off: CLIP learning vs SAM forgetting (mean ± SE)")
+    axis.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
     lambda_path = out / "lambda.png"
     figure.savefig(lambda_path, dpi=120)

@@ -4,9 +4,10 @@ Everything is written under one directory (``samclip-proxy --out DIR``)::
 
     DIR/world/     the proxy world (samclip.proxy.world)
     DIR/teachers/  clip_proxy.pt (open_clip state dict), sam_proxy.pth (official SAM layout)
-    DIR/recipe/    samclip-train's run: head_probe/, multitask/ (λ = 10), res_adapt/
-    DIR/lambda_<λ>/multitask/  the ablation's other λ, each from recipe/head_probe/final.pt
-    DIR/evals/     one samclip-eval report folder per (model, task)
+    DIR/seed_<S>/recipe/    samclip-train's run: head_probe/, multitask/ (λ = 10), res_adapt/
+    DIR/seed_<S>/control_no_clip/  multitask without L_clip, then res_adapt, from recipe/head_probe
+    DIR/seed_<S>/lambda_<λ>/multitask/  the ablation's other λ, each from recipe/head_probe/final.pt
+    DIR/evals/     one samclip-eval report folder per (model, task), seed_<S>/ for the student's
     DIR/results.json, results.md, stages.png, lambda.png, timings.json
 
 Finished parts (world, teachers, stage finals) are reused when the study is run again on the same DIR.
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ from samclip.eval.report import write_results
 from samclip.eval.semseg import evaluate_semseg
 from samclip.eval.zeroshot_cls import evaluate_zeroshot_cls
 from samclip.models import create_model
-from samclip.proxy.evaluate import PROXY_LAYOUT, evaluate_prompted_miou
+from samclip.proxy.evaluate import PROXY_LAYOUT, box_baselines, evaluate_prompted_miou, majority_top1
 from samclip.proxy.teachers import (
     ClipTeacherTraining,
     SamTeacherTraining,
@@ -48,6 +51,9 @@ STAGES = ("head_probe", "multitask", "res_adapt")
 SAM_WEIGHTS = (0.0, 1.0, 10.0, 100.0)
 RECIPE_SAM_WEIGHT = 10.0  # the paper's λ; the recipe's own multitask stage is this ablation point
 CLIP_TEACHER_FILE, SAM_TEACHER_FILE = "clip_proxy.pt", "sam_proxy.pth"  # configs/experiment/proxy.yaml
+# Rows of the study besides the recipe: the control trains stage 2 without L_clip (SAM term only), then
+# res_adapt as the recipe does. If it scores like the recipe, stage 2's CLIP term is doing nothing.
+CONTROL = "control_no_clip"
 
 
 @dataclass(frozen=True)
@@ -60,16 +66,23 @@ class StudySize:
     res_adapt_steps: int
     eval_resolution: int = 128  # zero-shot classification; semantic segmentation runs at 2x (as 448 vs 224)
     recipe_overrides: tuple[str, ...] = field(default_factory=tuple)
+    sam_weights: tuple[float, ...] = SAM_WEIGHTS  # the λ sweep (always includes the recipe's λ)
+    seeds: tuple[int, ...] = (0, 1, 2)  # student runs; world and teachers are built once, from the first
 
 
 def _sam(steps: int) -> SamTeacherTraining:
     return SamTeacherTraining(steps=steps, images_per_step=4, masks_per_image=4, lr=3e-3, focal_alpha=-1.0)
 
 
+# Stage 2 lengths come from the pilots in docs/proxy/README.md: at 120 steps (the old length) the backbone
+# moves ~1 % and zero-shot stays near the head probe; L_clip alone needs ~1500 steps at lr 1e-3 to reach
+# two thirds of the teacher. The test size keeps the same shape at a length CI can afford.
 STUDY_SIZES = {
-    "test": StudySize("test", ClipTeacherTraining(epochs=8), _sam(400), 150, 150, 30),
-    "quick": StudySize("quick", ClipTeacherTraining(epochs=8), _sam(800), 150, 150, 30),
-    "full": StudySize("full", ClipTeacherTraining(epochs=5), _sam(2500), 300, 300, 60),
+    "test": StudySize(
+        "test", ClipTeacherTraining(epochs=8), _sam(400), 150, 400, 30, sam_weights=(0.0, 10.0), seeds=(0,)
+    ),
+    "quick": StudySize("quick", ClipTeacherTraining(epochs=8), _sam(800), 150, 1500, 30),
+    "full": StudySize("full", ClipTeacherTraining(epochs=5), _sam(2500), 300, 3000, 60),
 }
 
 
@@ -105,6 +118,17 @@ def ablation_overrides(sam_weight: float, head_probe_final: Path) -> list[str]:
     if sam_weight == 0.0:
         overrides += ["stage.multitask.sam=null", "stage.multitask.trainable=['backbone.*','clip_head.*']"]
     return overrides
+
+
+def control_overrides(head_probe_final: Path) -> list[str]:
+    """Stage 2 without L_clip (the SAM term alone trains backbone and mask decoder), then res_adapt, from the
+    recipe's head_probe final.pt: what the merged model scores when stage 2 ignores the CLIP teacher."""
+    return [
+        "stages=[multitask,res_adapt]",
+        f"init_from={head_probe_final}",
+        "stage.multitask.clip=null",
+        "stage.multitask.trainable=['backbone.*','sam_head.mask_decoder.*']",
+    ]
 
 
 def _timed(timings: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -193,66 +217,113 @@ def train_teachers(world: ProxyWorld, teachers: Path, size: StudySize, seed: int
             future.result()
 
 
-def run_study(out: str | Path, size_name: str = "quick", seed: int = 0) -> dict[str, Any]:
-    """Run (or finish) the whole study in ``out``; returns what it writes to ``out/results.json``."""
+def _mean_se(values: list[float]) -> dict[str, Any]:
+    """Mean and standard error of the mean over seeds (SE 0 for one seed: no spread measured)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return {"mean": mean, "se": math.sqrt(var / len(values)), "values": values}
+
+
+def aggregate(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{row: {metric: value}} per seed -> {row: {metric: {mean, se, values}}}."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in per_seed[0]:
+        rows[row] = {
+            metric: _mean_se([seed_rows[row][metric] for seed_rows in per_seed])
+            for metric in per_seed[0][row]
+        }
+    return rows
+
+
+def run_seed(out: Path, world: ProxyWorld, size: StudySize, seed: int, timings: dict[str, float]) -> dict:
+    """Every student run of one seed under ``out/seed_<seed>/`` and its metrics, one dict per row."""
+    seed_dir = out / f"seed_{seed}"
+    recipe = seed_dir / "recipe"
+    _timed(timings, f"seed_{seed}/recipe", run, compose_recipe(out, recipe, size, f"seed={seed}"))
+    head_probe_final = recipe / "head_probe" / "final.pt"
+    control = seed_dir / CONTROL
+    cfg = compose_recipe(out, control, size, f"seed={seed}", *control_overrides(head_probe_final))
+    _timed(timings, f"seed_{seed}/{CONTROL}", run, cfg)
+    lambda_dirs = {RECIPE_SAM_WEIGHT: recipe}
+    for sam_weight in size.sam_weights:
+        if sam_weight == RECIPE_SAM_WEIGHT:
+            continue
+        run_dir = seed_dir / f"lambda_{sam_weight:g}"
+        cfg = compose_recipe(
+            out, run_dir, size, f"seed={seed}", *ablation_overrides(sam_weight, head_probe_final)
+        )
+        _timed(timings, f"seed_{seed}/multitask_lambda_{sam_weight:g}", run, cfg)
+        lambda_dirs[sam_weight] = run_dir
+
+    eval_start = time.time()
+    tag = f"seed_{seed}"
+    rows = {
+        stage: evaluate_merged(recipe / stage / "final.pt", world, size, out, f"{tag}/{stage}")
+        for stage in STAGES
+    }
+    rows[f"{CONTROL}/multitask"] = evaluate_merged(
+        control / "multitask" / "final.pt", world, size, out, f"{tag}/{CONTROL}_multitask", semseg=False
+    )
+    rows[CONTROL] = evaluate_merged(
+        control / "res_adapt" / "final.pt", world, size, out, f"{tag}/{CONTROL}", semseg=False
+    )
+    for sam_weight, run_dir in lambda_dirs.items():
+        if sam_weight != RECIPE_SAM_WEIGHT:
+            final = run_dir / "multitask" / "final.pt"
+            rows[f"lambda_{sam_weight:g}"] = evaluate_merged(
+                final, world, size, out, f"{tag}/lambda_{sam_weight:g}", semseg=False
+            )
+    rows[f"lambda_{RECIPE_SAM_WEIGHT:g}"] = {
+        k: v for k, v in rows["multitask"].items() if k in ("zeroshot_top1", "box_miou", "point_miou")
+    }
+    timings[f"seed_{seed}/evaluation"] = round(time.time() - eval_start, 1)
+    return rows
+
+
+def run_study(
+    out: str | Path, size_name: str = "quick", seeds: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Run (or finish) the whole study in ``out``; returns what it writes to ``out/results.json``.
+
+    The world and both teachers are built once, from the first seed; each seed then reruns every student
+    run (data order, augmentation, prompt sampling, head initialisation), so the reported spread is the
+    recipe's own, at fixed teachers.
+    """
     if size_name not in STUDY_SIZES:
         raise ValueError(f"unknown study size {size_name!r}; available: {sorted(STUDY_SIZES)}")
     size, out = STUDY_SIZES[size_name], Path(out).absolute()
+    seeds = tuple(size.seeds if seeds is None else seeds)
+    if not seeds:
+        raise ValueError("the proxy study needs at least one seed")
     timings: dict[str, float] = {}
     start = time.time()
     marker = out / "world" / "DONE"
     if not marker.is_file():
-        _timed(timings, "world", write_world, out / "world", size.world, seed)
-        marker.write_text(f"size={size.world} seed={seed}\n")
+        _timed(timings, "world", write_world, out / "world", size.world, seeds[0])
+        marker.write_text(f"size={size.world} seed={seeds[0]}\n")
     world = ProxyWorld(out / "world")
     teachers = out / "teachers"
     teachers.mkdir(parents=True, exist_ok=True)
-    _timed(timings, "teachers", train_teachers, world, teachers, size, seed)
+    _timed(timings, "teachers", train_teachers, world, teachers, size, seeds[0])
 
-    recipe = out / "recipe"
-    _timed(timings, "recipe", run, compose_recipe(out, recipe, size, f"seed={seed}"))
-    head_probe_final = recipe / "head_probe" / "final.pt"
-    ablation_dirs = {RECIPE_SAM_WEIGHT: recipe}
-    for sam_weight in SAM_WEIGHTS:
-        if sam_weight == RECIPE_SAM_WEIGHT:
-            continue
-        run_dir = out / f"lambda_{sam_weight:g}"
-        cfg = compose_recipe(
-            out, run_dir, size, f"seed={seed}", *ablation_overrides(sam_weight, head_probe_final)
-        )
-        _timed(timings, f"multitask_lambda_{sam_weight:g}", run, cfg)
-        ablation_dirs[sam_weight] = run_dir
-
-    eval_start = time.time()
-    results: dict[str, Any] = {
-        "chance_top1": 100.0 / len(SHAPES),
-        "teachers": evaluate_teachers(world, out, size),
-    }
-    stages = {
-        stage: evaluate_merged(recipe / stage / "final.pt", world, size, out, stage) for stage in STAGES
-    }
-    results["merged"] = stages["res_adapt"]
-    results["stages"] = stages
-    results["lambda_ablation"] = []
-    for sam_weight in SAM_WEIGHTS:
-        if sam_weight == RECIPE_SAM_WEIGHT:
-            metrics = stages["multitask"]
-        else:
-            final = ablation_dirs[sam_weight] / "multitask" / "final.pt"
-            metrics = evaluate_merged(final, world, size, out, f"lambda_{sam_weight:g}", semseg=False)
-        results["lambda_ablation"].append(
-            {
-                "sam_weight": sam_weight,
-                "zeroshot_top1": metrics["zeroshot_top1"],
-                "box_miou": metrics["box_miou"],
-            }
-        )
-    timings["evaluation"] = round(time.time() - eval_start, 1)
+    teacher_metrics = evaluate_teachers(world, out, size)
+    per_seed = [run_seed(out, world, size, seed, timings) for seed in seeds]
     timings["total"] = round(time.time() - start, 1)
+    results: dict[str, Any] = {
+        "size": size_name,
+        "seeds": list(seeds),
+        "chance_top1": 100.0 / len(SHAPES),
+        "majority_top1": majority_top1(world.classification_root),
+        "baselines": box_baselines(world.sam_val_shards),
+        "teachers": teacher_metrics,
+        "rows": aggregate(per_seed),
+        "per_seed": dict(zip((str(s) for s in seeds), per_seed, strict=True)),
+        "sam_weights": sorted(size.sam_weights),
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     from samclip.proxy.report import plot_results, results_markdown
 
-    (out / "results.md").write_text(results_markdown(results, size_name, seed, timings))
+    (out / "results.md").write_text(results_markdown(results, timings))
     plot_results(results, out)
     return results

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from samclip.cli.data import main as data_main
 from samclip.models.teachers import ClipTeacher
 from samclip.proxy.cli import main as proxy_main
-from samclip.proxy.study import STUDY_SIZES, ablation_overrides, compose_recipe
+from samclip.proxy.study import STUDY_SIZES, ablation_overrides, aggregate, compose_recipe, control_overrides
 from samclip.train import builder
 from samclip.train.distributed import DistEnv
 
@@ -43,6 +43,34 @@ def test_ablation_runs_multitask_alone_from_head_probe(tmp_path: Path, sam_weigh
     assert builder.init_source(cfg, [stage], 0, tmp_path / "ablation") == head_probe
     # λ = 0: no SA-1B stream and a frozen SAM head (the trainer refuses a trained head without loss).
     assert (stage.sam is None) == (sam_weight == 0.0)
+
+
+def test_control_runs_stage_two_without_the_clip_term_then_res_adapt(tmp_path: Path) -> None:
+    """The control row: stage 2 trains on D_SAM alone (no L_clip reaches the backbone), the CLIP head is frozen
+    there, and res_adapt follows as in the recipe, all from the recipe's head_probe final.pt."""
+    head_probe = tmp_path / "recipe" / "head_probe" / "final.pt"
+    head_probe.parent.mkdir(parents=True)
+    head_probe.touch()
+    cfg = compose_recipe(tmp_path, tmp_path / "control", STUDY_SIZES["quick"], *control_overrides(head_probe))
+    multitask, res_adapt = builder.plan_run(cfg, ENV, tmp_path / "control")
+    assert (multitask.name, res_adapt.name) == ("multitask", "res_adapt")
+    assert multitask.clip is None and multitask.sam is not None
+    assert not any(pattern.startswith("clip_head") for pattern in multitask.trainable)
+    assert builder.init_source(cfg, [multitask, res_adapt], 0, tmp_path / "control") == head_probe
+    # res_adapt is the recipe's own: same stream, lengths and trainable parts.
+    recipe = builder.plan_run(compose_recipe(tmp_path, tmp_path / "recipe", STUDY_SIZES["quick"]), ENV,
+                              tmp_path / "recipe")  # fmt: skip
+    assert res_adapt == recipe[2]
+
+
+def test_aggregate_is_the_mean_and_standard_error_over_seeds() -> None:
+    per_seed = [{"merged": {"zeroshot_top1": v}} for v in (60.0, 64.0, 68.0)]
+    cell = aggregate(per_seed)["merged"]["zeroshot_top1"]
+    # Hand computation: sample sd = 4, SE = 4 / sqrt(3).
+    assert cell["mean"] == pytest.approx(64.0)
+    assert cell["se"] == pytest.approx(4.0 / 3**0.5)
+    assert cell["values"] == [60.0, 64.0, 68.0]
+    assert aggregate([{"merged": {"box_miou": 50.0}}])["merged"]["box_miou"]["se"] == 0.0
 
 
 def test_data_cli_writes_the_shapes_world(tmp_path: Path) -> None:
