@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from samclip.proxy.study import STUDY_SIZES, run_study
+from samclip.proxy.study import STUDY_SIZES, combine_studies, run_study
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,10 +20,17 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="student seeds (default: the size's, 3 for quick/full)",
     )
+    parser.add_argument(
+        "--combine", nargs="+", metavar="STUDY_DIR", default=None,
+        help="write one report in --out from finished studies of other seeds (same world and teachers)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        run_study(args.out, args.size, args.seeds)
+        if args.combine:
+            combine_studies(args.out, args.combine)
+        else:
+            run_study(args.out, args.size, args.seeds)
     except (ValueError, FileNotFoundError) as exn:
         print(f"samclip-proxy: error: {exn}", file=sys.stderr)
         raise SystemExit(2) from exn

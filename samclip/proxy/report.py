@@ -125,10 +125,12 @@ def plot_results(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
                       textcoords="offset points", xytext=(6, 4))  # fmt: skip
     axis.axhline(teachers["sam"]["box_miou"], color="tab:red", linestyle="--", label="SAM teacher")
     axis.axvline(teachers["clip"]["zeroshot_top1"], color="tab:green", linestyle="--", label="CLIP teacher")
+    axis.set_xlim(0, 100)
+    axis.set_ylim(0, 100)
     axis.set_xlabel("zero-shot top-1 (%)")
     axis.set_ylabel("box-prompted mIoU (%)")
     axis.set_title("λ trade-off: CLIP learning vs SAM forgetting (mean ± SE)")
-    axis.legend(loc="lower left", fontsize=8)
+    axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     lambda_path = out / "lambda.png"
     figure.savefig(lambda_path, dpi=120)

@@ -327,3 +327,32 @@ def run_study(
     (out / "results.md").write_text(results_markdown(results, timings))
     plot_results(results, out)
     return results
+
+
+def combine_studies(out: str | Path, study_dirs: Sequence[str | Path]) -> dict[str, Any]:
+    """One report from studies that ran different seeds on the same world and teachers (e.g. one process
+    per seed, in parallel: ``samclip-proxy --out DIR_S --seeds S`` with DIR_S/world and DIR_S/teachers
+    linked to one study's); refuses studies whose size or teachers' numbers differ."""
+    loaded = [json.loads((Path(d) / "results.json").read_text()) for d in study_dirs]
+    if not loaded:
+        raise ValueError("combine_studies needs at least one study directory")
+    first = loaded[0]
+    for directory, other in zip(study_dirs, loaded, strict=True):
+        if other["size"] != first["size"] or other["teachers"] != first["teachers"]:
+            raise ValueError(f"{directory}: another size or other teachers than {study_dirs[0]}")
+    per_seed = {seed: rows for study in loaded for seed, rows in study["per_seed"].items()}
+    results = first | {
+        "seeds": [int(seed) for seed in per_seed],
+        "per_seed": per_seed,
+        "rows": aggregate(list(per_seed.values())),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {f"{Path(d).name}/{k}": v for d, s in zip(study_dirs, loaded, strict=True)
+               for k, v in json.loads((Path(d) / "timings.json").read_text()).items()}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from samclip.proxy.report import plot_results, results_markdown
+
+    (out / "results.md").write_text(results_markdown(results, timings))
+    plot_results(results, out)
+    return results

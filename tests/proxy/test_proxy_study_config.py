@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,14 @@ from hydra.utils import instantiate
 from samclip.cli.data import main as data_main
 from samclip.models.teachers import ClipTeacher
 from samclip.proxy.cli import main as proxy_main
-from samclip.proxy.study import STUDY_SIZES, ablation_overrides, aggregate, compose_recipe, control_overrides
+from samclip.proxy.study import (
+    STUDY_SIZES,
+    ablation_overrides,
+    aggregate,
+    combine_studies,
+    compose_recipe,
+    control_overrides,
+)
 from samclip.train import builder
 from samclip.train.distributed import DistEnv
 
@@ -85,3 +93,40 @@ def test_proxy_cli_refuses_unknown_size(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         proxy_main(["--out", "x", "--size", "huge"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_combine_pools_the_seeds_of_separate_studies(tmp_path: Path) -> None:
+    """Two one-seed studies combine into the two-seed report; studies of other teachers are refused."""
+    row = {"zeroshot_top1": 0.0, "box_miou": 50.0, "point_miou": 40.0}
+    rows = (
+        "head_probe",
+        "multitask",
+        "res_adapt",
+        "control_no_clip/multitask",
+        "control_no_clip",
+        "lambda_10",
+    )
+    base = {"size": "test", "chance_top1": 25.0, "majority_top1": 31.0, "baselines": {"box_as_mask_miou": 58.0},
+            "teachers": {"clip": {"zeroshot_top1": 90.0}, "sam": {"box_miou": 38.0, "point_miou": 32.0}},
+            "sam_weights": [10.0]}  # fmt: skip
+    dirs = []
+    for seed, top1 in ((0, 40.0), (1, 50.0)):
+        per_seed = {name: row | {"zeroshot_top1": top1} for name in rows}
+        study = tmp_path / f"s{seed}"
+        study.mkdir()
+        (study / "results.json").write_text(
+            json.dumps(base | {"seeds": [seed], "per_seed": {str(seed): per_seed}})
+        )
+        (study / "timings.json").write_text(json.dumps({"total": 1.0}))
+        dirs.append(study)
+    combined = combine_studies(tmp_path / "all", dirs)
+    cell = combined["rows"]["res_adapt"]["zeroshot_top1"]
+    assert combined["seeds"] == [0, 1] and cell["mean"] == 45.0 and cell["se"] == pytest.approx(5.0)
+    assert (tmp_path / "all" / "lambda.png").is_file() and "45.0 ± 5.0" in (
+        tmp_path / "all" / "results.md"
+    ).read_text()
+    other = json.loads((dirs[1] / "results.json").read_text())
+    other["teachers"]["clip"]["zeroshot_top1"] = 80.0
+    (dirs[1] / "results.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="other teachers"):
+        combine_studies(tmp_path / "bad", dirs)
