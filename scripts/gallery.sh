@@ -16,7 +16,7 @@ for stage in head_probe multitask res_adapt; do cp "$work/smoke/$stage/curves.pn
 # The proxy study: its world, its teachers, the three stages (skipped when already done).
 [ -f "$work/proxy/results.json" ] || samclip-proxy --out "$work/proxy" --size test
 world="$work/proxy/world"
-final="$work/proxy/recipe/res_adapt/final.pt"
+final="$work/proxy/seed_0/recipe/res_adapt/final.pt"
 labels="background,circle,square,triangle,cross"
 
 samclip-data preview sam "$world/sam" --out "$out/preview_sam.png" --num-images 4 --resolution 256 \

@@ -24,7 +24,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads((out / "results.json").read_text()) | {"_out": str(out)}
 
 
-# Half of the gaps measured at this size (seed 0): merged - control = 12.5, merged - head probe = 14.0.
+# Measured at this size over seeds 0/1/2 (docs/proxy/test/): merged - control = 12.5 / 9.5 / 11.0 and
+# merged - head probe = 14.0 / 9.5 / 12.0, SE of the merged mean 1.3. CI runs seed 0; the margins sit
+# below the smallest seed's gap by more than 2 SE.
 CONTROL_MARGIN = 6.0
 HEAD_PROBE_MARGIN = 7.0
 
@@ -66,7 +68,7 @@ def test_stage_two_learns_from_the_clip_teacher(results: dict) -> None:
     """The study's point: the merged model must score clearly above the same recipe with stage 2's CLIP
     term switched off, and above its head probe. Measured at this size, seed 0 (2026-12-03): merged 45.0,
     control 32.5, head probe 31.0 (= always answering "square", the majority class: the frozen SAM backbone
-    gives the CLIP head nothing to tell shapes by). Margins: half the measured gaps."""
+    gives the CLIP head nothing to tell shapes by). Three seeds: 42.8 ± 1.3, 31.8 ± 0.4, 31.0 ± 0.0."""
     merged = _mean(results, "res_adapt", "zeroshot_top1")
     assert merged >= _mean(results, CONTROL, "zeroshot_top1") + CONTROL_MARGIN
     assert merged >= _mean(results, "head_probe", "zeroshot_top1") + HEAD_PROBE_MARGIN
