@@ -244,7 +244,7 @@ def run_seed(out: Path, world: ProxyWorld, size: StudySize, seed: int, timings: 
     control = seed_dir / CONTROL
     cfg = compose_recipe(out, control, size, f"seed={seed}", *control_overrides(head_probe_final))
     _timed(timings, f"seed_{seed}/{CONTROL}", run, cfg)
-    lambda_dirs = {RECIPE_SAM_WEIGHT: recipe}
+    lambda_dirs = {}  # the other λ; the recipe's own multitask stage is the λ = 10 point
     for sam_weight in size.sam_weights:
         if sam_weight == RECIPE_SAM_WEIGHT:
             continue
@@ -268,11 +268,9 @@ def run_seed(out: Path, world: ProxyWorld, size: StudySize, seed: int, timings: 
         control / "res_adapt" / "final.pt", world, size, out, f"{tag}/{CONTROL}", semseg=False
     )
     for sam_weight, run_dir in lambda_dirs.items():
-        if sam_weight != RECIPE_SAM_WEIGHT:
-            final = run_dir / "multitask" / "final.pt"
-            rows[f"lambda_{sam_weight:g}"] = evaluate_merged(
-                final, world, size, out, f"{tag}/lambda_{sam_weight:g}", semseg=False
-            )
+        rows[f"lambda_{sam_weight:g}"] = evaluate_merged(
+            run_dir / "multitask" / "final.pt", world, size, out, f"{tag}/lambda_{sam_weight:g}", semseg=False
+        )
     rows[f"lambda_{RECIPE_SAM_WEIGHT:g}"] = {
         k: v for k, v in rows["multitask"].items() if k in ("zeroshot_top1", "box_miou", "point_miou")
     }
