@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("config_root", "cli_errors", "layering", "train.distributed")),
     ("models", ("models",)),
     ("data", ("data",)),
-    ("losses", ("losses",)),
+    ("losses", ("losses", "dense_losses")),
     ("train", ("train",)),
     ("serve", ("serve",)),
     ("eval", ("eval",)),

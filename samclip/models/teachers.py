@@ -71,6 +71,14 @@ class FrozenTeacher(nn.Module):
     def train(self, mode: bool = True) -> FrozenTeacher:
         return self
 
+    def networks(self) -> list[nn.Module]:
+        """What a cast to the step's dtype applies to (normalisation constants stay fp32 where kept apart)."""
+        return [self]
+
+    def heavy_part(self) -> nn.Module | None:
+        """The image encoder: where a step spends the teacher's FLOPs (compiled by trainer.compile_teachers)."""
+        return None
+
 
 class ClipTeacher(FrozenTeacher):
     """An OpenCLIP model. ``pretrained`` is an open_clip tag (e.g. ``datacomp_xl_s13b_b90k``) or a checkpoint file."""
@@ -100,6 +108,12 @@ class ClipTeacher(FrozenTeacher):
             if hasattr(self.model, "text_projection")
             else self.model.visual.output_dim
         )
+
+    def networks(self) -> list[nn.Module]:
+        return [self.model]
+
+    def heavy_part(self) -> nn.Module | None:
+        return self.model.visual
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] at any square size -> the teacher's resolution and normalisation."""
@@ -162,6 +176,12 @@ class SamTeacher(FrozenTeacher):
                 }
             self.sam.load_state_dict(state_dict, strict=True)
         self.freeze()
+
+    def networks(self) -> list[nn.Module]:
+        return [self.sam]
+
+    def heavy_part(self) -> nn.Module | None:
+        return getattr(self.sam, "image_encoder", None)
 
     @torch.no_grad()
     def decode(

@@ -26,9 +26,10 @@ from samclip.train.distributed import DistEnv
 from samclip.train.flops import device_peak_tflops
 from samclip.train.loop import LoopOptions
 from samclip.train.optim import build_optimizer, set_trainable
-from samclip.train.stages import Stage
+from samclip.train.stages import Stage, TermPlan
 from samclip.train.tasks.base import Task
-from samclip.train.tasks.sam_clip import SAM_OUTPUTS
+from samclip.train.tasks.distill import build_term
+from samclip.train.tasks.terms import TERM_KINDS
 from samclip.train.tracking import Tracker, WandbLogger
 from samclip.train.validation import PREFIX, BestCheckpoint, Validator, check_keep_best
 
@@ -76,9 +77,6 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
     loop_options(cfg, env.device)  # micro-batch sizes and precision
     with torch.device("meta"):
         model = build_model(cfg, from_sam_checkpoint=False)
-    weights = {"clip": float(cfg.loss.get("clip_weight", 0.0)), "sam": float(cfg.loss.get("sam_weight", 0.0))}
-    if cfg.loss.get("sam_outputs", "single") not in SAM_OUTPUTS:
-        raise ValueError(f"loss.sam_outputs must be one of {SAM_OUTPUTS}, got {cfg.loss.sam_outputs!r}")
     for stage in stages:
         if stage.task not in cfg.tasks:
             raise ValueError(
@@ -90,7 +88,7 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
             raise ValueError(f"stage.{stage.name}.trainable: {error}") from error
         stage.validate(
             trainable_names=trainable,
-            loss_weights=weights,
+            terms=plan_terms(cfg, stage.task),
             world_size=env.world_size,
             patch_size=model.config.patch_size,
         )
@@ -134,11 +132,40 @@ def check_files(cfg: DictConfig, stages: list[Stage]) -> None:
     """Checkpoints the run reads exist (after ``prepare`` may have written them), before the first stage."""
     if any(stage.previous is None for stage in stages) and cfg.init_from is None:
         _require_file(cfg.model.get("sam_checkpoint"), "model.sam_checkpoint", allow_none=True)
-    streams = {name for stage in stages for name in stage.streams}
-    if "clip" in streams and is_checkpoint_path(cfg.teacher.clip.pretrained):
-        _require_file(cfg.teacher.clip.pretrained, "teacher.clip.pretrained")
-    if "sam" in streams:
-        _require_file(cfg.teacher.sam.checkpoint, "teacher.sam.checkpoint", allow_none=False)
+    for key, path, required in _teacher_files(cfg, stages):
+        if required:
+            _require_file(path, key, allow_none=False)
+        elif path is not None and is_checkpoint_path(path):
+            _require_file(path, key)
+
+
+def _teacher_files(cfg: DictConfig, stages: list[Stage]) -> list[tuple[str, str | None, bool]]:
+    """(key, path, required) of each weights file a teacher of the run reads: a ``checkpoint`` must be
+    set; a ``pretrained`` may also be a hub tag or None (random weights)."""
+    files: dict[str, tuple[str | None, bool]] = {}
+    for stage in stages:
+        terms = term_nodes(cfg, stage.task)
+        owners = {name: t.teacher for name, t in terms.items() if t.stream in stage.streams}
+        if not terms:  # a task without terms: the teachers of its streams
+            owners = {s: cfg.teacher[s] for s in stage.streams if s in cfg.get("teacher", {})}
+        for name, teacher in owners.items():
+            if teacher is None:
+                continue
+            label = _teacher_key(cfg, stage.task, name, teacher)
+            if "checkpoint" in teacher:
+                files[f"{label}.checkpoint"] = (teacher.checkpoint, True)
+            elif teacher.get("pretrained") is not None:
+                files[f"{label}.pretrained"] = (teacher.pretrained, False)
+    return [(key, path, required) for key, (path, required) in files.items()]
+
+
+def _teacher_key(cfg: DictConfig, task: str, term: str, teacher: DictConfig) -> str:
+    """``teacher.<name>`` when the term's teacher is an interpolation of it, else the term's own key."""
+    nodes = cfg.tasks[task].get("terms")
+    raw = OmegaConf.to_container(nodes[term], resolve=False).get("teacher") if nodes is not None else None
+    if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}"):
+        return raw[2:-1]
+    return f"tasks.{task}.terms.{term}.teacher" if nodes is not None else f"teacher.{term}"
 
 
 def prepare(cfg: DictConfig) -> None:
@@ -156,15 +183,18 @@ def build_model(cfg: DictConfig, *, from_sam_checkpoint: bool) -> SamClipModel:
 def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel, teachers: Sequence[str] = ()) -> Task:
     """The stage's recipe task (``cfg.tasks[stage.task]``, built by its ``_target_``) around the student.
 
-    ``stream_parts`` names, per stream, the task arguments only that stream needs (its teacher and
-    loss): for a stage without that stream they are not built (passed as None), unless validation uses
-    that stream's teacher (``teachers``, from ``Validator.teachers``).
+    A term whose stream the stage lacks is built without its teacher and loss (None), unless validation
+    uses its teacher (``teachers``, from ``Validator.teachers``); a term whose outputs come from a teacher
+    cache gets the teacher its kind still needs with the cache (none for an embedding, SAM's decoder for
+    masks). Tasks without terms (OV-SAM) name the arguments only one stream needs in ``stream_parts``.
     """
     if stage.task not in cfg.tasks:
         raise ValueError(
             f"stage.{stage.name}.task: unknown task {stage.task!r}; available: {list(cfg.tasks)}"
         )
     node = OmegaConf.to_container(cfg.tasks[stage.task], resolve=True)
+    if "terms" in node:
+        return _build_term_task(cfg, stage, node, student, teachers)
     stream_parts = node.pop("stream_parts", None) or {}
     # A teacher's `cache` is where the trainer reads its outputs, not an argument of the teacher.
     for value in node.values():
@@ -173,53 +203,109 @@ def build_task(cfg: DictConfig, stage: Stage, student: SamClipModel, teachers: S
     cached = cached_streams(cfg, stage)
     if cached:
         node["cached_streams"] = cached
-    # A teacher whose every stream is cached is not built (the SAM teacher keeps its decoder), unless
-    # validation needs it.
-    if "clip" in cached and "clip" not in teachers:
-        node["clip_teacher"] = None
-    if "sam" in cached and "sam" not in teachers and isinstance(node.get("sam_teacher"), dict):
-        node["sam_teacher"]["image_encoder"] = False
     for stream, keys in stream_parts.items():
         if stream not in stage.streams and stream not in teachers:
             node.update(dict.fromkeys(keys))
     return instantiate(node, student=student)
 
 
-def cached_streams(cfg: DictConfig, stage: Stage) -> list[str]:
-    """The stage's streams whose teacher outputs come from a cache (``teacher.<stream>.cache``).
+def _build_term_task(
+    cfg: DictConfig, stage: Stage, node: dict[str, Any], student: SamClipModel, teachers: Sequence[str]
+) -> Task:
+    cached = stream_caches(cfg, stage)
+    cached_terms = {stream: term for stream, (term, _) in cached.items()}
+    for name, term in node["terms"].items():
+        teacher = term.get("teacher")
+        if isinstance(teacher, dict):
+            teacher.pop("cache", None)
+        if term.get("stream") not in stage.streams and name not in teachers:
+            term["teacher"], term["loss"] = None, None
+        elif name in cached_terms.values() and name not in teachers and isinstance(teacher, dict):
+            term["teacher"] = TERM_KINDS.get(term["kind"]).teacher_with_cache(teacher)
+    node["cached_terms"] = cached_terms
+    return instantiate(node, student=student, _convert_="all")
 
-    Only a task class that declares ``cacheable_streams`` reads cached outputs; a cache set for another
-    task is an error rather than silently unused.
+
+def plan_terms(cfg: DictConfig, task: str) -> list[TermPlan]:
+    """The task's terms as built (their own checks run), without teachers or losses: what plan_run checks."""
+    plans = []
+    for name, node in term_nodes(cfg, task).items():
+        values = OmegaConf.to_container(node, resolve=True)
+        values.update(teacher=None, loss=None)
+        term = build_term(name, values)
+        raw = OmegaConf.to_container(node, resolve=False).get("weight")
+        interpolated = isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and ":" not in raw
+        key = raw[2:-1] if interpolated else f"tasks.{task}.terms.{name}.weight"
+        plans.append(TermPlan(name, term.stream, term.weight, term.student_module, key))
+    return plans
+
+
+def term_nodes(cfg: DictConfig, task: str) -> dict[str, DictConfig]:
+    """The terms of ``tasks.<task>`` as config nodes (none for a task without terms)."""
+    terms = cfg.tasks[task].get("terms")
+    return dict(terms.items()) if terms is not None else {}
+
+
+def cached_streams(cfg: DictConfig, stage: Stage) -> list[str]:
+    """The stage's streams whose teacher outputs come from a cache (a teacher's ``cache``)."""
+    return list(stream_caches(cfg, stage))
+
+
+def stream_caches(cfg: DictConfig, stage: Stage) -> dict[str, tuple[str, DictConfig]]:
+    """stream -> (the term, its teacher's config) for the stage's streams read with a teacher cache.
+
+    For a task with terms, a term's teacher with ``cache`` set; otherwise ``teacher.<stream>.cache``. Only
+    a task class that declares ``cacheable_streams`` reads cached outputs; a cache set for another task is
+    an error rather than silently unused.
     """
-    wanted = [s for s in stage.streams if OmegaConf.select(cfg, f"teacher.{s}.cache", default=None)]
-    if not wanted:
-        return []
+    terms = term_nodes(cfg, stage.task)
+    if terms:
+        found = [
+            (str(t.stream), name, t.teacher) for name, t in terms.items()
+            if t.get("teacher") is not None and t.teacher.get("cache") and t.stream in stage.streams
+        ]  # fmt: skip
+    else:
+        found = [
+            (s, s, cfg.teacher[s]) for s in stage.streams
+            if OmegaConf.select(cfg, f"teacher.{s}.cache", default=None)
+        ]  # fmt: skip
+    if not found:
+        return {}
     task_class = get_class(str(cfg.tasks[stage.task]["_target_"]))
     cacheable = getattr(task_class, "cacheable_streams", ())
-    unsupported = [s for s in wanted if s not in cacheable]
+    unsupported = [name for stream, name, _ in found if stream not in cacheable]
     if unsupported:
         raise ValueError(
             f"teacher.{unsupported[0]}.cache: the {stage.task} task of stage {stage.name} computes its "
             f"teacher outputs online (cached: {list(cacheable) or 'none'}); unset the cache for this stage"
         )
-    return wanted
+    caches: dict[str, tuple[str, DictConfig]] = {}
+    for stream, name, teacher in found:
+        if stream in caches:
+            raise ValueError(
+                f"teacher.{name}.cache: the {stream} stream already replays the cache of term "
+                f"{caches[stream][0]}; a stream carries one teacher cache"
+            )
+        caches[stream] = (name, teacher)
+    return caches
 
 
-def open_teacher_cache(cfg: DictConfig, stream: str, model: SamClipModel | None = None) -> str:
-    """``teacher.<stream>.cache``, checked against the configured teacher (its name and weights)."""
-    node = cfg.teacher[stream]
+def open_teacher_cache(
+    cfg: DictConfig, stream: str, model: SamClipModel | None = None, teacher: DictConfig | None = None
+) -> str:
+    """The teacher's ``cache`` directory (``teacher.<stream>`` by default), checked against the configured
+    teacher (its name and weights) and, for cached embeddings, the student's CLIP head."""
+    node = teacher if teacher is not None else cfg.teacher[stream]
     directory = str(node.cache)
     cache = TeacherCache(directory, stream)
-    if stream == "clip":
-        identity = teacher_identity(node.model_name, node.get("pretrained"))
-        embed_dim = cache.manifest.embed_dim
-        if model is not None and embed_dim != model.config.clip_embed_dim:
-            raise ValueError(
-                f"teacher.clip.cache: {directory} holds {embed_dim}-d embeddings but the student's CLIP head "
-                f"has clip_embed_dim={model.config.clip_embed_dim}"
-            )
-    else:
-        identity = teacher_identity(node.get("model_name", cfg.model.name), node.get("checkpoint"))
+    weights = node.get("pretrained", node.get("checkpoint"))
+    identity = teacher_identity(node.get("model_name", cfg.model.name), weights)
+    embed_dim = getattr(cache.manifest, "embed_dim", None)
+    if model is not None and embed_dim is not None and embed_dim != model.config.clip_embed_dim:
+        raise ValueError(
+            f"teacher.{stream}.cache: {directory} holds {embed_dim}-d embeddings but the student's CLIP head "
+            f"has clip_embed_dim={model.config.clip_embed_dim}"
+        )
     try:
         cache.check_teacher(identity)
     except ValueError as error:
@@ -242,12 +328,14 @@ def build_streams(
     # A different data order per stage (the stage's place among the configured stages).
     seed = int(cfg.seed) + list(cfg.stage).index(stage.name)
     common = {"seed": seed, "rank": env.rank, "world_size": env.world_size}
-    cached = cached_streams(cfg, stage)
+    cached = stream_caches(cfg, stage)
     streams = {}
     for name in stage.streams:
         if name not in cfg.data:
             raise ValueError(f"stage.{stage.name} reads the {name} stream but data.{name} is not configured")
-        extra = {"teacher_cache": open_teacher_cache(cfg, name, model)} if name in cached else {}
+        extra = (
+            {"teacher_cache": open_teacher_cache(cfg, name, model, cached[name][1])} if name in cached else {}
+        )
         try:
             streams[name] = instantiate(
                 _stream_node(cfg.data[name]), **stage.stream_spec(name).stream_kwargs(), **common, **extra

@@ -15,7 +15,7 @@ from samclip.data.bad_samples import SKIP_KINDS, check_skip_rate
 from samclip.train.checkpoint import Checkpointer, StageState, training_state
 from samclip.train.distributed import DistEnv, all_reduce_sum
 from samclip.train.flops import StepFlops
-from samclip.train.step import StepLosses, forward_backward
+from samclip.train.step import StepLosses, forward_backward, task_streams
 from samclip.train.tasks.base import Task
 from samclip.train.tracking import Tracker
 from samclip.train.validation import Validator
@@ -63,7 +63,8 @@ def train_stage(
     guard = NonFiniteGuard(state, options.max_consecutive_nonfinite, env.device)
     # Fused AdamW skips its update on the device when told found_inf; others need the host's decision.
     skips_on_device = bool(getattr(optimizer, "_step_supports_amp_scaling", False))
-    images = torch.zeros(len(task.weights), dtype=torch.float64, device=env.device)
+    stream_names = task_streams(task)
+    images = torch.zeros(len(stream_names), dtype=torch.float64, device=env.device)
     window_flops = 0.0
     task.train()
     while state.step < last_step:
@@ -103,7 +104,7 @@ def train_stage(
         if sync_now:
             guard.sync(stage, losses, grad_norm, options, checkpointer)
         if tracker.due(state.step):
-            tracker.count_images(**dict(zip(task.weights, map(int, images.tolist()), strict=True)))
+            tracker.count_images(**dict(zip(stream_names, map(int, images.tolist()), strict=True)))
             images.zero_()
             clip_batch = step_batches.get("clip")
             resolution = None if clip_batch is None else int(clip_batch.images.shape[-1])

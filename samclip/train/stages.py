@@ -14,7 +14,17 @@ from typing import Any
 
 from samclip.train.config_checks import require_number
 
-HEAD_LOSSES = {"clip_head": "clip", "sam_head": "sam"}
+
+
+@dataclass(frozen=True)
+class TermPlan:
+    """A task's loss term as plan_run checks it: the stream it reads, its weight and the module it trains."""
+
+    name: str
+    stream: str
+    weight: float
+    module: str  # a trainable prefix of the student, e.g. clip_head, sam_head, adaptors.dino
+    weight_key: str  # the config key the weight is set by (loss.sam_weight)
 
 
 @dataclass(frozen=True)
@@ -150,7 +160,7 @@ class Stage:
         self,
         *,
         trainable_names: Sequence[str],
-        loss_weights: dict[str, float],
+        terms: Sequence[TermPlan],
         world_size: int,
         patch_size: int,
     ) -> None:
@@ -180,18 +190,20 @@ class Stage:
             _require_divisible(
                 f"{key}.instances.batch_size", self.instances.batch_size, world_size, not_ranks
             )
-        for head, loss in HEAD_LOSSES.items():
-            if not any(name.startswith(f"{head}.") for name in trainable_names):
+        for module in dict.fromkeys(term.module for term in terms):
+            if not any(name.startswith(f"{module}.") for name in trainable_names):
                 continue
-            if loss not in self.streams:
+            readers = [term for term in terms if term.module == module]
+            if not any(term.stream in self.streams for term in readers):
+                stream = readers[0].stream
                 raise ValueError(
-                    f"stage.{self.name}.trainable: {head} is trainable but the stage has no {loss} stream "
-                    f"(stage.{self.name}.{loss} is null)"
+                    f"stage.{self.name}.trainable: {module} is trainable but the stage has no {stream} stream "
+                    f"(stage.{self.name}.{stream} is null)"
                 )
-            if loss_weights.get(loss, 0.0) == 0.0:
+            if all(term.weight == 0.0 for term in readers if term.stream in self.streams):
+                key = next(term.weight_key for term in readers if term.stream in self.streams)
                 raise ValueError(
-                    f"loss.{loss}_weight is 0 but stage {self.name} trains {head}; "
-                    f"freeze {head} or give its loss a weight"
+                    f"{key} is 0 but stage {self.name} trains {module}; freeze {module} or give its loss a weight"
                 )
 
 

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # tasks import the splitting helpers below
 class StepLosses:
     """Global (all-ranks) means for the step; ``total`` is what was differentiated.
 
-    ``streams[name]`` / ``parts[f"{name}_{part}"]`` are None for a stream without units this step.
+    ``streams[term]`` / ``parts[f"{term}_{part}"]`` are None for a term whose stream has no units this step
+    (``streams`` is keyed by term: for SAM-CLIP the terms are named as their streams).
     The values stay on the device until one is read: reading any of them is the step's one host
     synchronisation, which the loop does only on the steps it logs. ``total_tensor`` and
     ``image_counts`` are the device-side values for what runs every step.
@@ -39,11 +40,13 @@ class StepLosses:
         keys: Sequence[tuple[str, str | None]],
         sums: torch.Tensor,
         counts: torch.Tensor,
+        streams: Sequence[str] | None = None,
     ) -> None:
         self.names = list(weights)
+        self.stream_names = list(streams) if streams is not None else list(self.names)
         self.keys = list(keys)
-        self.sums = sums  # [len(keys)] float64: per stream and part, the global mean
-        self.counts = counts  # [2 * streams] float64: global units, then global images
+        self.sums = sums  # [len(keys)] float64: per term and part, the global mean
+        self.counts = counts  # float64: global units per term, then global images per stream
         streams = sums[: len(self.names)]
         weight = torch.tensor([weights[n] for n in self.names], dtype=sums.dtype, device=sums.device)
         self.total_tensor = (weight * streams).sum()
@@ -70,7 +73,7 @@ class StepLosses:
                 "streams": streams,
                 "parts": parts,
                 "units": units,
-                "images": {name: int(c) for name, c in zip(self.names, counts[n:], strict=True)},
+                "images": {name: int(c) for name, c in zip(self.stream_names, counts[n:], strict=True)},
             }
         return self._read
 
@@ -116,6 +119,11 @@ def split_sam(
     return micro
 
 
+def task_streams(task: Task) -> list[str]:
+    """The streams the task's terms read, in the order of their first term."""
+    return list(dict.fromkeys(task.term_streams[term] for term in task.weights))
+
+
 def forward_backward(
     task: Task,
     student: nn.Module,
@@ -128,40 +136,49 @@ def forward_backward(
     """Backward of the whole step's loss into ``.grad`` (one gradient all-reduce, on the last micro-batch).
 
     ``student`` is the (possibly DDP-wrapped) student; ``batches`` maps a stream name to this rank's
-    share of the step's global batch.
+    share of the step's global batch. Each term's micro-batch mean is scaled by the micro-batch's share of
+    its stream's global units and by the term's weight; the terms of one micro-batch share one backward.
     """
-    names = list(task.weights)
-    unknown = sorted(set(batches) - set(names))
+    terms = list(task.weights)
+    streams = task_streams(task)
+    unknown = sorted(set(batches) - set(streams))
     if unknown:
-        raise ValueError(f"the task has no loss for the stream(s) {unknown}; it knows {names}")
+        raise ValueError(f"the task has no loss for the stream(s) {unknown}; it knows {streams}")
     micro = {
         name: task.split(name, batches[name], micro_batch_sizes[name]) if name in batches else []
-        for name in names
+        for name in streams
     }
-    local = [float(sum(task.num_units(n, m) for m in micro[n])) for n in names]
-    local += [float(sum(task.num_images(n, m) for m in micro[n])) for n in names]
+    stream_units = {n: float(sum(task.num_units(n, m) for m in micro[n])) for n in streams}
+    local = [stream_units[task.term_streams[t]] for t in terms]
+    local += [float(sum(task.num_images(n, m) for m in micro[n])) for n in streams]
     # Global counts stay on the device: the loss scales below are device tensors, read by no one here.
     counts = all_reduce_sum(torch.tensor(local, dtype=torch.float64).to(env.device, non_blocking=True), env)
-    # A stream without global units has no loss to scale; its share is never used (no micro-batches).
-    global_units = counts[: len(names)].clamp(min=1.0)
+    # A term without global units has no loss to scale; its share is never used (no micro-batches).
+    global_units = counts[: len(terms)].clamp(min=1.0)
 
-    keys = [(n, None) for n in names] + [(n, p) for n in names for p in task.part_names.get(n, ())]
+    keys = [(t, None) for t in terms] + [(t, p) for t in terms for p in task.part_names.get(t, ())]
     slot = {key: index for index, key in enumerate(keys)}
-    # Micro-batch means weighted by their share of the global units, per stream and per part.
+    # Micro-batch means weighted by their share of the global units, per term and per part.
     sums = torch.zeros(len(keys), dtype=torch.float64, device=env.device)
-    calls = [(n, m) for n in names for m in micro[n]]
+    calls = [(n, m) for n in streams for m in micro[n]]
     for index, (name, chunk) in enumerate(calls):
         with maybe_no_sync(student, skip_sync=index < len(calls) - 1):
+            scaled = []
             with _autocast(env.device, autocast_dtype):
-                loss = task.loss(name, student, chunk)
-                share = task.num_units(name, chunk) / global_units[names.index(name)]
-                sums[slot[name, None]] += loss.total.detach().double() * share
-                for part, value in loss.parts.items():
-                    sums[slot[name, part]] += value.detach().double() * share
-            scale = (share * (task.weights[name] * env.world_size)).to(loss.total.dtype)
-            (loss.total * scale).backward()
+                losses = task.loss(name, student, chunk)
+                units = task.num_units(name, chunk)
+                for term, loss in losses.items():
+                    share = units / global_units[terms.index(term)]
+                    sums[slot[term, None]] += loss.total.detach().double() * share
+                    for part, value in loss.parts.items():
+                        sums[slot[term, part]] += value.detach().double() * share
+                    scaled.append((loss.total, share * (task.weights[term] * env.world_size)))
+            objective = scaled[0][0] * scaled[0][1].to(scaled[0][0].dtype)
+            for total, scale in scaled[1:]:
+                objective = objective + total * scale.to(total.dtype)
+            objective.backward()
 
-    return StepLosses(task.weights, keys, all_reduce_sum(sums, env), counts)
+    return StepLosses(task.weights, keys, all_reduce_sum(sums, env), counts, streams)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -10,31 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from samclip.models.teachers import ClipTeacher, FrozenTeacher, SamTeacher
+from samclip.models.teachers import FrozenTeacher
 
 
 def task_teachers(task: Any) -> list[FrozenTeacher]:
-    """The frozen teachers a task holds (its attributes), whatever the recipe."""
-    return [value for value in vars(task).values() if isinstance(value, FrozenTeacher)]
-
-
-def _networks(teacher: FrozenTeacher) -> list[nn.Module]:
-    if isinstance(teacher, ClipTeacher):
-        return [teacher.model]
-    if isinstance(teacher, SamTeacher):
-        return [teacher.sam]
-    return [teacher]
-
-
-def _heavy_part(teacher: FrozenTeacher) -> nn.Module | None:
-    """The image encoder: what a step spends the teacher's FLOPs in."""
-    if isinstance(teacher, ClipTeacher):
-        return teacher.model.visual
-    if isinstance(teacher, SamTeacher):
-        return teacher.sam.image_encoder
-    return None
+    """The frozen teachers a task holds (its ``teachers`` mapping, or its attributes), whatever the recipe."""
+    held = getattr(task, "teachers", None)
+    values = held.values() if isinstance(held, dict) else vars(task).values()
+    return [value for value in values if isinstance(value, FrozenTeacher)]
 
 
 def prepare_teachers(
@@ -46,10 +30,10 @@ def prepare_teachers(
     for teacher in task_teachers(task):
         name = type(teacher).__name__
         if autocast_dtype is not None:
-            for network in _networks(teacher):
+            for network in teacher.networks():
                 network.to(autocast_dtype)
             done.append(f"{name} in {autocast_dtype}")
-        encoder = _heavy_part(teacher) if compile_encoders else None
+        encoder = teacher.heavy_part() if compile_encoders else None
         if encoder is not None:
             encoder.compile()
             done.append(f"{name} image encoder compiled")

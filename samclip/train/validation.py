@@ -33,7 +33,7 @@ from samclip.data.transforms import classification_transform
 from samclip.models.zeroshot_classifier import OPENAI_TEMPLATES, build_text_classifier, topk_correct
 from samclip.train.checkpoint import rng_state, set_rng_state
 from samclip.train.distributed import DistEnv, all_reduce_sum, barrier
-from samclip.train.tasks.sam_clip import SamClipTask
+from samclip.train.tasks.distill import DistillationTask
 from samclip.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ MODES = ("max", "min")
 class Evaluator(Protocol):
     """This rank's (sum, count) of one metric over its held-out data; logged as ``val/<its config name>``."""
 
-    teachers: tuple[str, ...]  # which of the task's teachers it needs ("clip", "sam")
+    teachers: tuple[str, ...]  # the task terms whose teachers it needs ("clip", "sam")
 
-    def local_sums(self, task: SamClipTask, device: torch.device) -> tuple[float, float]: ...
+    def local_sums(self, task: DistillationTask, device: torch.device) -> tuple[float, float]: ...
 
 
 def _restarted(data: Any) -> Iterable[Any]:
@@ -89,7 +89,7 @@ class ClipCosine:
         self.num_batches = num_batches
         self.cache = TeacherCache(cache_teacher)
 
-    def local_sums(self, task: SamClipTask, device: torch.device) -> tuple[float, float]:
+    def local_sums(self, task: DistillationTask, device: torch.device) -> tuple[float, float]:
         total, count = 0.0, 0
         for index, batch in enumerate(_restarted(self.data)):
             if index == self.num_batches:
@@ -97,7 +97,7 @@ class ClipCosine:
             images = batch.to(device).images
             target = self.cache.get(index, batch.keys, device)
             if target is None:
-                target = self.cache.put(index, batch.keys, task.clip_teacher.encode_image(images))
+                target = self.cache.put(index, batch.keys, task.teachers["clip"].encode_image(images))
             embeds = task.student(images, None, clip=True).clip.image_embeds
             total += float(F.cosine_similarity(embeds.double(), target.double(), dim=-1).sum())
             count += images.shape[0]
@@ -128,7 +128,7 @@ class SamIouToTeacher:
         self.num_batches = num_batches
         self.cache = TeacherCache(cache_teacher)  # the teacher's masks, as booleans
 
-    def local_sums(self, task: SamClipTask, device: torch.device) -> tuple[float, float]:
+    def local_sums(self, task: DistillationTask, device: torch.device) -> tuple[float, float]:
         total, count = 0.0, 0
         for index, batch in enumerate(_restarted(self.data)):
             if index == self.num_batches:
@@ -136,7 +136,7 @@ class SamIouToTeacher:
             batch = batch.to(device)
             teacher = self.cache.get(index, batch.keys, device)
             if teacher is None:
-                logits = task.sam_teacher(batch.images, batch.prompts, multimask=False).low_res_logits
+                logits = task.teachers["sam"](batch.images, batch.prompts, multimask=False).low_res_logits
                 teacher = self.cache.put(index, batch.keys, logits > 0)
             student = task.student(batch.images, list(batch.prompts), clip=False).sam.low_res_logits > 0
             frame = batch.images.shape[-1]
@@ -187,9 +187,9 @@ class ZeroshotTop1:
         self.batch_size = batch_size
         self._classifier: torch.Tensor | None = None  # the teacher is frozen: embed the classes once
 
-    def local_sums(self, task: SamClipTask, device: torch.device) -> tuple[float, float]:
+    def local_sums(self, task: DistillationTask, device: torch.device) -> tuple[float, float]:
         if self._classifier is None:
-            teacher = task.clip_teacher
+            teacher = task.teachers["clip"]
             self._classifier = build_text_classifier(
                 teacher.model, teacher.tokenizer, self.classnames, self.templates, device
             ).float()
@@ -276,7 +276,7 @@ class Validator:
     def due(self, step: int, last_step: int) -> bool:
         return step == last_step or (self.every_steps > 0 and step % self.every_steps == 0)
 
-    def run(self, task: SamClipTask, env: DistEnv) -> ValidationResult:
+    def run(self, task: DistillationTask, env: DistEnv) -> ValidationResult:
         """Global ``val/<name>`` means; a collective (every rank calls it), RNG and train mode restored."""
         start = time.perf_counter()
         saved_rng = rng_state()
@@ -296,7 +296,7 @@ class Validator:
 
     def validate(
         self,
-        task: SamClipTask,
+        task: DistillationTask,
         step: int,
         env: DistEnv,
         tracker: Tracker,

@@ -146,10 +146,10 @@ def test_configs_compose_and_instantiate_every_stage(
         )
         assert validator.metric_names == [f"val/{name}" for name in cfg.validation.stages[stage.name]]
         task = builder.build_task(cfg, stage, model, validator.teachers)
-        assert task.sam_outputs == cfg.loss.sam_outputs
-        if task.sam_teacher is not None:
-            assert task.sam_loss_fn.iou_weight == cfg.loss.sam.iou_weight
-        assert (task.clip_teacher is not None, task.sam_teacher is not None) == (
+        assert task.term("sam").outputs == cfg.loss.sam_outputs
+        if task.teachers["sam"] is not None:
+            assert task.term("sam").loss_fn.iou_weight == cfg.loss.sam.iou_weight
+        assert (task.teachers["clip"] is not None, task.teachers["sam"] is not None) == (
             "clip" in stage.streams,
             "sam" in stage.streams,
         )

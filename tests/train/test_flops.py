@@ -29,6 +29,7 @@ class LinearTask:
 
     def __init__(self) -> None:
         self.weights = {"clip": 1.0}
+        self.term_streams = {"clip": "clip"}
         self.part_names: dict = {}
         torch.manual_seed(0)
         self.student = nn.Linear(IN, OUT)
@@ -44,8 +45,8 @@ class LinearTask:
 
     num_images = num_units
 
-    def loss(self, stream, student, micro) -> StreamLoss:
-        return StreamLoss(student(micro.flatten(1)).square().mean(), {})
+    def loss(self, stream, student, micro) -> dict[str, StreamLoss]:
+        return {"clip": StreamLoss(student(micro.flatten(1)).square().mean(), {})}
 
 
 def test_a_linear_layer_counts_two_flops_per_multiply_add_forward_and_backward() -> None:

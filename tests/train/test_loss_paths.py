@@ -38,7 +38,7 @@ NEGATIVE_POINT = {f"{ENCODER}.point_embeddings.0.weight"}
 )
 def test_probe_freezes_exactly_the_parameters_without_loss_path(sam_outputs: str, expected: set[str]) -> None:
     task = tiny_task()
-    task.sam_outputs = sam_outputs
+    task.term("sam").outputs = sam_outputs
     set_trainable(task.student, ["*"])
     frozen = task.freeze_without_loss_path(("clip", "sam"))
     assert set(frozen) == expected
@@ -89,7 +89,7 @@ def test_multitask_steps_leave_unreached_parameters_and_the_prompt_encoder_bit_i
     tmp_path: Any, sam_outputs: str
 ) -> None:
     task = tiny_task()
-    task.sam_outputs = sam_outputs
+    task.term("sam").outputs = sam_outputs
     start = {n: p.detach().clone() for n, p in task.student.named_parameters()}
     _train(task, 3, probe=True, tmp_path=tmp_path)
     moved = {n for n, p in task.student.named_parameters() if not torch.equal(p, start[n])}

@@ -150,8 +150,8 @@ def test_the_cached_teachers_are_not_built(
     stage = builder.build_stage(cfg, "multitask")
     model = builder.build_model(cfg, from_sam_checkpoint=False)
     task = builder.build_task(cfg, stage, model)
-    assert task.clip_teacher is None and task.cached_streams == ("clip", "sam")
-    assert not hasattr(task.sam_teacher.sam, "image_encoder")
+    assert task.teachers["clip"] is None and task.cached_streams == ("clip", "sam")
+    assert not hasattr(task.teachers["sam"].sam, "image_encoder")
     assert task.find_unused_parameters  # both heads still take turns
     streams = builder.build_streams(cfg, stage, ENV, model)
     assert next(iter(streams["clip"])).teacher_embeds is not None

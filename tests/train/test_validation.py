@@ -75,10 +75,10 @@ def _clip_batches(num: int = 2) -> list[ClipBatch]:
 def test_clip_cosine_is_one_for_the_teacher_itself_and_the_hand_value_otherwise() -> None:
     env = single_process_env()
     student = FixedClip(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
-    same = SimpleNamespace(student=student, clip_teacher=student)
+    same = SimpleNamespace(student=student, teachers={"clip": student})
     validator = Validator({"clip_cosine": ClipCosine(_clip_batches(), 2)}, every_steps=1)
     assert validator.run(same, env).metrics["val/clip_cosine"] == pytest.approx(1.0, abs=1e-12)
-    other = SimpleNamespace(student=student, clip_teacher=FixedClip(torch.tensor([[1.0, 0.0], [0.0, 1.0]])))
+    other = SimpleNamespace(student=student, teachers={"clip": FixedClip(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))})
     # cos = 1 and 1/sqrt(2) for the two images of each batch.
     expected = (1 + 1 / math.sqrt(2)) / 2
     assert validator.run(other, env).metrics["val/clip_cosine"] == pytest.approx(expected, abs=1e-12)
@@ -111,9 +111,9 @@ def test_sam_iou_to_teacher_is_hand_computed_inside_the_image_and_one_for_the_te
     student_masks[1, 0, :, 8:] = True
     student, teacher = FixedMasks(student_masks), FixedMasks(teacher_masks)
     validator = Validator({"sam_iou_to_teacher": SamIouToTeacher([_sam_batch()], 1)}, every_steps=1)
-    task = SimpleNamespace(student=student, sam_teacher=teacher)
+    task = SimpleNamespace(student=student, teachers={"sam": teacher})
     assert validator.run(task, env).metrics["val/sam_iou_to_teacher"] == pytest.approx(0.75, abs=1e-12)
-    task = SimpleNamespace(student=teacher, sam_teacher=teacher)
+    task = SimpleNamespace(student=teacher, teachers={"sam": teacher})
     assert validator.run(task, env).metrics["val/sam_iou_to_teacher"] == 1.0
     assert mask_iou(torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, 4, dtype=torch.bool)).item() == 0.0
 
@@ -136,8 +136,8 @@ def test_a_student_built_from_the_sam_teacher_checkpoint_reproduces_its_masks(tm
     torch.manual_seed(2)
     random_student = create_model("samclip_tiny")
     env = single_process_env()
-    iou_same = validator.run(SimpleNamespace(student=same, sam_teacher=teacher), env).metrics
-    iou_random = validator.run(SimpleNamespace(student=random_student, sam_teacher=teacher), env).metrics
+    iou_same = validator.run(SimpleNamespace(student=same, teachers={"sam": teacher}), env).metrics
+    iou_random = validator.run(SimpleNamespace(student=random_student, teachers={"sam": teacher}), env).metrics
     print(f"IoU to teacher: same weights {iou_same}, random {iou_random}")
     assert iou_same["val/sam_iou_to_teacher"] > 0.999
     assert iou_random["val/sam_iou_to_teacher"] < 0.9
@@ -388,7 +388,7 @@ def test_zeroshot_top1_of_a_student_equal_to_the_teacher_is_the_eval_tasks_teach
         teacher_pretrained=str(tmp_path / "clip.pt"),
         num_workers=0,
     )
-    task = SimpleNamespace(student=TeacherAsStudent(teacher), clip_teacher=teacher)
+    task = SimpleNamespace(student=TeacherAsStudent(teacher), teachers={"clip": teacher})
     env = single_process_env()
     single = ZeroshotTop1(str(tmp_path / "folder"), resolution=teacher.image_size, batch_size=5)
     top1 = Validator({"zeroshot_top1": single}, every_steps=1).run(task, env).metrics["val/zeroshot_top1"]
@@ -433,7 +433,7 @@ def test_zeroshot_top1_is_the_hand_counted_accuracy(tmp_path: Path) -> None:
         Image.new("RGB", (40, 30), colours[drawn]).save(tmp_path / folder / f"{index}.png")
     text = ColourWords()
     teacher = SimpleNamespace(model=text, tokenizer=text.tokenize)
-    task = SimpleNamespace(student=DominantChannel(), clip_teacher=teacher)
+    task = SimpleNamespace(student=DominantChannel(), teachers={"clip": teacher})
     evaluator = ZeroshotTop1(str(tmp_path), resolution=16, templates=["a photo of {}.", "{} things"])
     top1 = Validator({"zeroshot_top1": evaluator}, every_steps=1).run(task, single_process_env()).metrics
     assert top1 == {"val/zeroshot_top1": pytest.approx(100.0 * 4 / 5)}  # the green image filed as red misses
@@ -462,21 +462,20 @@ def test_teacher_outputs_are_computed_once_per_held_out_batch_and_recomputed_for
         _keyed(held_out_evaluators(env)["clip_cosine"].data),
         _keyed(held_out_evaluators(env)["sam_iou_to_teacher"].data),
     )
-    counted = SimpleNamespace(
-        student=task.student, clip_teacher=Counting(task.clip_teacher), sam_teacher=Counting(task.sam_teacher)
-    )
+    counts = {name: Counting(teacher) for name, teacher in task.teachers.items()}
+    counted = SimpleNamespace(student=task.student, teachers=counts)
     validator = Validator(
         {"clip_cosine": ClipCosine(clip, 2), "sam_iou_to_teacher": SamIouToTeacher(sam, 2)}, 1
     )
     first = validator.run(counted, env).metrics
-    assert (counted.clip_teacher.calls, counted.sam_teacher.calls) == (2, 2)
+    assert (counts["clip"].calls, counts["sam"].calls) == (2, 2)
     assert validator.run(counted, env).metrics == first
-    assert (counted.clip_teacher.calls, counted.sam_teacher.calls) == (2, 2)  # from the cache
+    assert (counts["clip"].calls, counts["sam"].calls) == (2, 2)  # from the cache
     uncached = Validator(held_out_evaluators(env), 1).run(task, env).metrics
     assert uncached == pytest.approx(first, abs=1e-12)
     clip[0].keys = ["another", "sample"]
     validator.run(counted, env)
-    assert counted.clip_teacher.calls == 3
+    assert counts["clip"].calls == 3
 
 
 def _keyed(batches: list) -> list:

@@ -57,6 +57,7 @@ class Clip2SamTask:
             "dice": float(dice_weight),
         }
         self.weights = {"instances": float(loss_weight)}
+        self.term_streams = {"instances": "instances"}
         self.part_names = {"instances": ("cls", "mask_ce", "dice", "accuracy")}
         # Every trainable parameter gets a gradient (stage clip2sam leaves the decoder's IoU head frozen).
         self.find_unused_parameters = False
@@ -89,7 +90,7 @@ class Clip2SamTask:
     def num_images(self, stream: str, micro: Any) -> int:
         return int(micro[0].shape[0])
 
-    def loss(self, stream: str, student: Callable[..., Any], micro: Any) -> StreamLoss:
+    def loss(self, stream: str, student: Callable[..., Any], micro: Any) -> dict[str, StreamLoss]:
         images, prompts, targets, class_names = micro
         output = student(images, prompts, text_embeddings=self.text_embeddings(class_names)).masks
         masks = torch.cat([t.masks for t in targets])
@@ -102,4 +103,4 @@ class Clip2SamTask:
         total = (w["cls"] * cls + w["mask_ce"] * mask_ce + w["dice"] * dice).mean()
         accuracy = (output.class_logits.argmax(-1) == labels).float().mean()
         parts = {"cls": cls.mean(), "mask_ce": mask_ce.mean(), "dice": dice.mean(), "accuracy": accuracy}
-        return StreamLoss(total, parts)
+        return {"instances": StreamLoss(total, parts)}

@@ -39,6 +39,7 @@ class Sam2ClipTask:
         self.sam_teacher = sam_teacher
         self.distill_loss = distill_loss if distill_loss is not None else EmbeddingDistillationLoss()
         self.weights = {"sam": float(distill_weight)}
+        self.term_streams = {"sam": "sam"}
         self.part_names: dict[str, tuple[str, ...]] = {"sam": ()}
         self.find_unused_parameters = False
 
@@ -66,7 +67,7 @@ class Sam2ClipTask:
     def num_images(self, stream: str, micro: Any) -> int:
         return int(micro[0].shape[0])
 
-    def loss(self, stream: str, student: Callable[..., Any], micro: Any) -> StreamLoss:
+    def loss(self, stream: str, student: Callable[..., Any], micro: Any) -> dict[str, StreamLoss]:
         if self.sam_teacher is None:
             raise ValueError(
                 "the sam2clip stage uses the sam stream but no SAM teacher was built (teacher.sam)"
@@ -77,4 +78,4 @@ class Sam2ClipTask:
         embedding = student(images).embedding.image_embeddings
         config = self.student.config
         valid = valid_embedding_region(input_sizes, config.grid_size, config.patch_size)
-        return StreamLoss(self.distill_loss(embedding, target, valid), {})
+        return {"sam": StreamLoss(self.distill_loss(embedding, target, valid), {})}
