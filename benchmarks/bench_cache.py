@@ -63,7 +63,7 @@ def step(task: SamClipTask, stream: str, batch: ClipBatch | SamBatch, cached: bo
     if not cached:
         batch = replace(batch, teacher_embeds=None)
     (micro,) = task.split(stream, batch, 10**6)
-    task.loss(stream, task.student, micro).total.backward()
+    sum(term.total for term in task.loss(stream, task.student, micro).values()).backward()
     task.student.zero_grad(set_to_none=True)
 
 
