@@ -30,8 +30,16 @@ def tensor_print(tensor: torch.Tensor) -> dict[str, Any]:
     }
 
 
+# Reductions split over threads round differently, so the trace runs on a fixed number of them.
+TRACE_THREADS = 1
+
+
 def platform() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "threads": str(TRACE_THREADS),
+    }
 
 
 def trace_smoke(run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -67,10 +75,13 @@ def trace_smoke(run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any
             ],
         )
     loop.forward_backward = traced
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRACE_THREADS)
     try:
         runner.run(cfg)
     finally:
         loop.forward_backward = original
+        torch.set_num_threads(threads)
     weights = {}
     for stage in cfg.stages:
         state = torch.load(Path(run_dir) / stage / "final.pt", map_location="cpu", weights_only=True)
