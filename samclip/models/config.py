@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -37,9 +38,16 @@ class SamClipConfig:
     clip_head_depth: int = 3
     clip_embed_dim: int = 768
     clip_mlp_hidden_dim: int | None = None
+    # Adaptor heads (AM-RADIO): (name, width) of each extra teacher's feature space, e.g. (("dino", 768),).
+    adaptors: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "global_attn_indexes", tuple(self.global_attn_indexes))
+        pairs = self.adaptors.items() if isinstance(self.adaptors, Mapping) else self.adaptors
+        object.__setattr__(self, "adaptors", tuple((str(name), int(width)) for name, width in pairs))
+        bad = [name for name, width in self.adaptors if width < 1]
+        if bad:
+            raise ValueError(f"model.adaptors: the width of {bad} must be >= 1")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if self.image_size % self.patch_size:
@@ -59,9 +67,19 @@ class SamClipConfig:
     def clip_hidden_dim(self) -> int:
         return self.clip_mlp_hidden_dim or self.embed_dim
 
+    def adaptor_dim(self, name: str) -> int:
+        widths = dict(self.adaptors)
+        if name not in widths:
+            raise ValueError(f"model.adaptors has no head {name!r} (it has {sorted(widths) or 'none'})")
+        return widths[name]
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["global_attn_indexes"] = list(self.global_attn_indexes)
+        if self.adaptors:
+            out["adaptors"] = dict(self.adaptors)
+        else:  # checkpoints of two-teacher models keep their exact keys
+            del out["adaptors"]
         return out
 
     @classmethod

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
+from samclip.models.adaptor_head import AdaptorHead, AdaptorOutput
 from samclip.models.backbone import BackboneFeatures, SamBackbone
 from samclip.models.clip_head import ClipHead, ClipHeadOutput
 from samclip.models.config import SamClipConfig
@@ -22,6 +23,7 @@ from samclip.models.sam_head import SamHead, SamHeadOutput
 class SamClipOutput(NamedTuple):
     clip: ClipHeadOutput | None
     sam: SamHeadOutput | None
+    heads: dict[str, AdaptorOutput] | None = None  # the adaptor heads asked for, by name
 
 
 class ImageEmbedding(NamedTuple):
@@ -56,6 +58,10 @@ class SamClipModel(nn.Module):
             out_dim=config.clip_embed_dim,
         )
         self.sam_head = SamHead(config)
+        # One adaptor per extra teacher (DINOv2, ...), on the backbone's tokens as the CLIP head.
+        self.adaptors = nn.ModuleDict(
+            {name: AdaptorHead(config.embed_dim, width) for name, width in config.adaptors}
+        )
 
     def init_clip_head_from_backbone(self) -> None:
         """Copy the backbone's last block into every CLIP head block (after loading SAM weights)."""
@@ -79,8 +85,10 @@ class SamClipModel(nn.Module):
         dense: bool = False,
         multimask: bool = False,
         all_outputs: bool = False,
+        heads: Sequence[str] = (),
     ) -> SamClipOutput:
-        """One backbone pass feeding the CLIP head (``clip``) and/or the SAM head (when prompts are given).
+        """One backbone pass feeding the CLIP head (``clip``), the SAM head (when prompts are given) and
+        the adaptor heads named in ``heads``.
 
         SAM prompts are in the pixel frame of ``images``, which for the SAM head must be the
         square ``config.image_size`` frame (SAM's resize-longest-side and pad). ``all_outputs`` returns
@@ -93,7 +101,8 @@ class SamClipModel(nn.Module):
             if sam_prompts is not None
             else None
         )
-        return SamClipOutput(clip=clip_out, sam=sam_out)
+        adaptors = {name: self.adaptors[name](features.tokens) for name in heads} if heads else None
+        return SamClipOutput(clip=clip_out, sam=sam_out, heads=adaptors)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """CLIP image embeddings [B, D] for float images in [0, 1] of any size that is a multiple of 16."""

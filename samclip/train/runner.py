@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -138,6 +139,7 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     frozen = task.freeze_without_loss_path(stage.streams)
     if frozen:
         log.info("%s: frozen, no loss path: %s", stage.name, ", ".join(frozen))
+    fit_terms(task, cfg, stage, env, model)
     streams = builder.build_streams(cfg, stage, env, model)
     optimizer = builder.build_stage_optimizer(cfg, stage, model)
     # An epoch of the stage's first stream that knows its length (D_CLIP in the SAM-CLIP stages).
@@ -200,6 +202,17 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
         save_final_checkpoint(final, model, spec, stage.name, state.step)
         log.info("%s: done at step %d, wrote %s", stage.name, state.step, final)
     barrier(env)
+
+
+def fit_terms(task: Any, cfg: DictConfig, stage: Stage, env: DistEnv, model: Any) -> None:
+    """Terms that fit statistics of their teacher before training (PHI-S) read a fresh copy of their stream,
+    so the training stream's order is untouched and a resumed stage fits the same images again."""
+    for term in getattr(task, "terms", ()):
+        if not getattr(term, "needs_fit", False) or term.stream not in stage.streams:
+            continue
+        stream = builder.build_streams(cfg, stage, env, model)[term.stream]
+        images = term.fit((batch.to(env.device).images for batch in stream), env)
+        log.info("%s: %s: fitted PHI-S on %d images of the %s stream", stage.name, term.name, images, term.stream)
 
 
 def _build_student(

@@ -70,3 +70,22 @@ def prepare_ovsam_smoke_assets(
     if not (instances / "annotations" / "instances_val.json").is_file():
         log.info("smoke: writing synthetic COCO-layout instances to %s", instances)
         make_synthetic_instances(str(instances), seed=seed)
+
+
+def prepare_smoke_dino_assets(
+    data_dir: str,
+    clip_teacher: str,
+    clip_model_name: str,
+    sam_teacher: str,
+    sam_model_name: str,
+    dino_teacher: str,
+    dino_model_name: str,
+    seed: int = 0,
+) -> None:
+    """The smoke run's files plus a random tiny DINOv2 in the official dinov2 checkpoint format."""
+    from samclip.models.dino_teacher import write_random_dino_checkpoint
+
+    prepare_smoke_assets(data_dir, clip_teacher, clip_model_name, sam_teacher, sam_model_name, seed)
+    if not Path(dino_teacher).is_file():
+        log.info("smoke: writing a random %s DINOv2 teacher to %s", dino_model_name, dino_teacher)
+        write_random_dino_checkpoint(dino_teacher, dino_model_name, seed=seed + 2, official_format=True)

@@ -15,7 +15,6 @@ from typing import Any
 from samclip.train.config_checks import require_number
 
 
-
 @dataclass(frozen=True)
 class TermPlan:
     """A task's loss term as plan_run checks it: the stream it reads, its weight and the module it trains."""

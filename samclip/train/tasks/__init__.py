@@ -7,6 +7,7 @@ SAM-CLIP and any N-teacher merge: :class:`DistillationTask`, a list of terms (:m
 
 from samclip.train.tasks.base import StreamLoss, Task
 from samclip.train.tasks.clip2sam import Clip2SamTask
+from samclip.train.tasks.dense_term import DenseFeatureTerm
 from samclip.train.tasks.distill import DistillationTask
 from samclip.train.tasks.registry import Registry
 from samclip.train.tasks.sam2clip import Sam2ClipTask
@@ -18,6 +19,7 @@ __all__ = [
     "STREAM_KINDS",
     "TERM_KINDS",
     "Clip2SamTask",
+    "DenseFeatureTerm",
     "DistillTerm",
     "DistillationTask",
     "EmbeddingTerm",

@@ -93,9 +93,7 @@ class DistillationTask:
     def to(self, device: torch.device) -> DistillationTask:
         self.student.to(device)
         for term in self.terms:
-            for module in (term.teacher, term.loss_fn):
-                if module is not None:
-                    module.to(device)
+            term.to(device)
         return self
 
     def train(self) -> None:

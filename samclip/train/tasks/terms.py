@@ -87,6 +87,12 @@ class DistillTerm:
     def check_student(self, student: SamClipModel) -> None:
         """Raise if the student's head cannot be compared with the teacher (dimensions)."""
 
+    def to(self, device: torch.device) -> DistillTerm:
+        for module in (self.teacher, self.loss_fn):
+            if module is not None:
+                module.to(device)
+        return self
+
     @classmethod
     def teacher_with_cache(cls, teacher: dict[str, Any]) -> dict[str, Any] | None:
         """The teacher's config when a cache provides its image outputs: what of it must still run."""
