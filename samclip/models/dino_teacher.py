@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import timm
 import torch
 import torch.nn.functional as F
+from torch import nn
 from timm.models import load_pretrained
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
@@ -106,6 +107,12 @@ class DinoTeacher(FrozenTeacher):
         grid = self.image_size // self.patch_size
         patches = tokens[:, self.model.num_prefix_tokens :].transpose(1, 2).unflatten(2, (grid, grid))
         return DenseTeacherOutput(summary=tokens[:, 0], patches=patches.contiguous())
+
+    def networks(self) -> list[nn.Module]:
+        return [self.model]  # the normalisation constants stay fp32 under a bf16 step
+
+    def heavy_part(self) -> nn.Module | None:
+        return self.model
 
     def forward(self, images: torch.Tensor) -> DenseTeacherOutput:
         return self.encode(images)
