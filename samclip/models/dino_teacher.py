@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 import timm
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.models import load_pretrained
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
 
 from samclip.models.checkpoint_files import atomic_torch_save
 from samclip.models.teachers import FrozenTeacher
