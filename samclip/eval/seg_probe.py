@@ -138,6 +138,9 @@ def evaluate_seg_probe(
     }  # fmt: skip
 
 
+ADAPTOR_PREFIX = "adaptor:"
+
+
 def _check_arguments(
     head: str,
     features: str,
@@ -151,8 +154,8 @@ def _check_arguments(
 ) -> None:
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; use one of {HEADS}")
-    if features not in FEATURES:
-        raise ValueError(f"unknown features {features!r}; use one of {FEATURES}")
+    if features not in FEATURES and not features.startswith(ADAPTOR_PREFIX):
+        raise ValueError(f"unknown features {features!r}; use one of {FEATURES} or {ADAPTOR_PREFIX}<name>")
     if decay not in DECAYS:
         raise ValueError(f"unknown decay {decay!r}; use one of {DECAYS}")
     if resolution <= 0 or resolution % 16:
@@ -189,12 +192,20 @@ def _subset(dataset: SegmentationDataset, limit: int | None) -> SegmentationData
 
 
 def _feature_channels(backbone: SamClipModel, features: str) -> int:
+    if features.startswith(ADAPTOR_PREFIX):
+        return backbone.config.adaptor_dim(features.removeprefix(ADAPTOR_PREFIX))
     return backbone.config.embed_dim if features == "tokens" else backbone.config.prompt_embed_dim
 
 
 @torch.no_grad()
 def extract_features(backbone: SamClipModel, images: torch.Tensor, features: str) -> torch.Tensor:
-    """[B, 3, R, R] float images in [0, 1] -> frozen features [B, C, R/16, R/16]."""
+    """[B, 3, R, R] float images in [0, 1] -> frozen features [B, C, R/16, R/16].
+
+    ``adaptor:<name>``: the dense features of a distilled teacher's adaptor head (e.g. DINOv2's), the
+    probe a user of AM-RADIO runs on them."""
+    if features.startswith(ADAPTOR_PREFIX):
+        name = features.removeprefix(ADAPTOR_PREFIX)
+        return backbone(images, None, clip=False, heads=(name,)).heads[name].features
     out = backbone.forward_features(images)
     return out.tokens.permute(0, 3, 1, 2).contiguous() if features == "tokens" else out.neck
 

@@ -192,3 +192,20 @@ def test_sam_baseline_probes_the_official_checkpoints_backbone(red_box_voc, tmp_
     assert results["encoder"] == "sam" and 0.0 <= results["mIoU"] <= 100.0
     with pytest.raises(ValueError, match="sam_checkpoint"):
         _probe(None, red_box_voc, tmp_path, encoder="sam")
+
+
+def test_adaptor_features_are_the_adaptor_heads_dense_output_on_the_backbone_tokens():
+    from samclip.eval.seg_probe import _feature_channels, extract_features
+    from samclip.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("samclip_tiny", adaptors={"dino": 24}).eval()
+    images = torch.rand(2, 3, 64, 64)
+    features = extract_features(model, images, "adaptor:dino")
+    tokens = model.forward_features(images, with_neck=False).tokens  # [B, 4, 4, 64]
+    head = model.adaptors["dino"]
+    expected = head.feature_mlp(tokens).permute(0, 3, 1, 2)
+    assert features.shape == (2, 24, 4, 4) and _feature_channels(model, "adaptor:dino") == 24
+    torch.testing.assert_close(features, expected)
+    with pytest.raises(ValueError, match="model.adaptors has no head 'clip'"):
+        _feature_channels(model, "adaptor:clip")
