@@ -207,5 +207,5 @@ def test_adaptor_features_are_the_adaptor_heads_dense_output_on_the_backbone_tok
     expected = head.feature_mlp(tokens).permute(0, 3, 1, 2)
     assert features.shape == (2, 24, 4, 4) and _feature_channels(model, "adaptor:dino") == 24
     torch.testing.assert_close(features, expected)
-    with pytest.raises(ValueError, match="model.adaptors has no head 'clip'"):
+    with pytest.raises(ValueError, match=r"model\.adaptors has no head 'clip'"):
         _feature_channels(model, "adaptor:clip")
