@@ -100,3 +100,22 @@ def write_voc(root: Path, samples: dict[str, tuple[np.ndarray, np.ndarray]], spl
     (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
     (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(samples) + "\n")
     return root
+
+
+RED = np.array([220, 20, 20], dtype=np.uint8)
+GRID = 16  # the patch size: regions on the token grid make the right answer reachable by a per-token head
+
+
+def red_box_sample(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A random non-red background with a red box on the token grid; the box is class 1, the rest 0."""
+    background = rng.integers(0, 256, 3).astype(np.uint8)
+    background[0] = min(int(background[0]), 120)  # keep it far from red
+    image = np.broadcast_to(background, (size, size, 3)).copy()
+    label = np.zeros((size, size), dtype=np.uint8)
+    cells = size // GRID
+    top, left = rng.integers(0, cells - 2, 2)
+    height, width = rng.integers(2, cells - max(top, left) + 1, 2)
+    rows = slice(top * GRID, (top + height) * GRID)
+    cols = slice(left * GRID, (left + width) * GRID)
+    image[rows, cols], label[rows, cols] = RED, 1
+    return image, label

@@ -85,10 +85,10 @@ def evaluate_seg_probe(
         head, features, decay, resolution, iterations, batch_size, scale_range, flip, cache_features
     )
     torch.manual_seed(seed)
-    backbone = _backbone(model, encoder, sam_model, sam_checkpoint, device)
+    backbone = probe_backbone(model, encoder, sam_model, sam_checkpoint, device)
     target_device = next(backbone.parameters()).device
-    train_set = _subset(open_segmentation_dataset(layout, root, train_split), max_train_images)
-    val_set = _subset(open_segmentation_dataset(layout, root, val_split), max_val_images)
+    train_set = limit_images(open_segmentation_dataset(layout, root, train_split), max_train_images)
+    val_set = limit_images(open_segmentation_dataset(layout, root, val_split), max_val_images)
     if len(train_set) < batch_size:
         raise ValueError(
             f"{len(train_set)} training images in {root} ({train_split}) < batch_size {batch_size}"
@@ -109,7 +109,7 @@ def evaluate_seg_probe(
             )
         finally:
             batches.close()  # ends the DataLoader's workers now rather than at garbage collection
-        confusion = _evaluate(
+        confusion = score_on_val(
             backbone, probe, val_set, features, resolution, Path(run_dir), num_visualize, save_predictions
         )
     finally:
@@ -141,6 +141,11 @@ def evaluate_seg_probe(
 ADAPTOR_PREFIX = "adaptor:"
 
 
+def check_features(features: str) -> None:
+    if features not in FEATURES and not features.startswith(ADAPTOR_PREFIX):
+        raise ValueError(f"unknown features {features!r}; use one of {FEATURES} or {ADAPTOR_PREFIX}<name>")
+
+
 def _check_arguments(
     head: str,
     features: str,
@@ -154,8 +159,7 @@ def _check_arguments(
 ) -> None:
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; use one of {HEADS}")
-    if features not in FEATURES and not features.startswith(ADAPTOR_PREFIX):
-        raise ValueError(f"unknown features {features!r}; use one of {FEATURES} or {ADAPTOR_PREFIX}<name>")
+    check_features(features)
     if decay not in DECAYS:
         raise ValueError(f"unknown decay {decay!r}; use one of {DECAYS}")
     if resolution <= 0 or resolution % 16:
@@ -171,7 +175,7 @@ def _check_arguments(
         raise ValueError("cache_features needs fixed inputs: set scale_range=[1,1] and flip=false")
 
 
-def _backbone(
+def probe_backbone(
     model: MergedSamClip | None, encoder: str, sam_model: str, sam_checkpoint: str | None, device: str
 ) -> SamClipModel:
     if encoder == "student":
@@ -185,7 +189,7 @@ def _backbone(
     raise ValueError(f"unknown encoder {encoder!r}; use one of {ENCODERS}")
 
 
-def _subset(dataset: SegmentationDataset, limit: int | None) -> SegmentationDataset:
+def limit_images(dataset: SegmentationDataset, limit: int | None) -> SegmentationDataset:
     if limit is not None:
         dataset.pairs = dataset.pairs[:limit]
     return dataset
@@ -359,7 +363,7 @@ def predict(
     return logits[0].argmax(0).cpu().numpy()
 
 
-def _evaluate(
+def score_on_val(
     backbone: SamClipModel,
     head: nn.Module,
     dataset: SegmentationDataset,

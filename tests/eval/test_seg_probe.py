@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from constructed import write_voc
+from constructed import red_box_sample, write_voc
 from PIL import Image
 
 from samclip.cli.eval import main
@@ -21,31 +21,13 @@ from samclip.eval.seg_probe import augment, evaluate_seg_probe
 from samclip.models import get_model_config
 from samclip.models.sam_checkpoint import build_official_sam
 
-RED = np.array([220, 20, 20], dtype=np.uint8)
-GRID = 16  # the patch size: regions on the token grid make the right answer reachable by a per-token head
-
-
-def _red_box_sample(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """A random non-red background with a red box on the token grid; the box is class 1, the rest 0."""
-    background = rng.integers(0, 256, 3).astype(np.uint8)
-    background[0] = min(int(background[0]), 120)  # keep it far from red
-    image = np.broadcast_to(background, (size, size, 3)).copy()
-    label = np.zeros((size, size), dtype=np.uint8)
-    cells = size // GRID
-    top, left = rng.integers(0, cells - 2, 2)
-    height, width = rng.integers(2, cells - max(top, left) + 1, 2)
-    rows = slice(top * GRID, (top + height) * GRID)
-    cols = slice(left * GRID, (left + width) * GRID)
-    image[rows, cols], label[rows, cols] = RED, 1
-    return image, label
-
 
 @pytest.fixture(scope="module")
 def red_box_voc(tmp_path_factory):
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("probe") / "VOC2012"
-    write_voc(root, {f"2007_{i:06d}": _red_box_sample(rng) for i in range(8)}, split="train")
-    write_voc(root, {f"2008_{i:06d}": _red_box_sample(rng) for i in range(4)}, split="val")
+    write_voc(root, {f"2007_{i:06d}": red_box_sample(rng) for i in range(8)}, split="train")
+    write_voc(root, {f"2008_{i:06d}": red_box_sample(rng) for i in range(4)}, split="val")
     return root
 
 
@@ -116,7 +98,7 @@ def test_reported_miou_is_the_confusion_matrix_of_the_written_predictions(red_bo
 def test_augmentation_keeps_pixels_and_labels_aligned():
     """Scale, crop and flip move image and label together: labelled pixels keep their colour's class."""
     rng = np.random.default_rng(1)
-    image, label = _red_box_sample(rng, size=96)
+    image, label = red_box_sample(rng, size=96)
     torch.manual_seed(0)
     for _ in range(10):
         pixels, target = augment(image, label, 64, (0.5, 2.0), flip=True)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from constructed import red_box_sample, write_voc
 from hydra import compose, initialize_config_dir
 
+from samclip.cli.eval import main as eval_main
 from samclip.config_root import config_dir
 from samclip.models.final_checkpoint import load_final_checkpoint
 from samclip.train import runner
@@ -27,10 +32,16 @@ def _steps(run_dir: Path, stage: str) -> list[dict]:
     return [m for m in read_metrics(run_dir / stage / "metrics.jsonl") if "loss" in m]
 
 
-@pytest.mark.slow
-def test_smoke_dino_trains_three_stages_with_all_three_terms_finite(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def smoke_dino_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("smoke_dino") / "run"
     _run(run_dir, "experiment=smoke_dino")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_smoke_dino_trains_three_stages_with_all_three_terms_finite(smoke_dino_run: Path) -> None:
+    run_dir = smoke_dino_run
     for stage in STAGES:
         steps = _steps(run_dir, stage)
         last = steps[-1]
@@ -67,3 +78,29 @@ def test_a_teacher_unknown_to_the_package_trains_by_config_alone(tmp_path: Path)
         assert m["loss"] == pytest.approx(m["loss_clip"] + 2.0 * m["loss_colour"], rel=1e-9)
     state = torch.load(run_dir / "head_probe" / "final.pt", map_location="cpu", weights_only=True)["model"]
     assert any(name.startswith("adaptors.colour.") for name in state)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("probe", ["knn_seg_voc", "seg_probe_voc"])
+def test_samclip_eval_probes_the_dense_dino_features_of_the_smoke_dino_checkpoint(
+    smoke_dino_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str
+) -> None:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "VOC2012"
+    write_voc(root, {f"2007_{i:06d}": red_box_sample(rng) for i in range(4)}, split="train")
+    write_voc(root, {f"2008_{i:06d}": red_box_sample(rng) for i in range(2)}, split="val")
+    run_dir = tmp_path / "eval"
+    extra = (
+        ["eval.iterations=3", "eval.batch_size=2", "eval.num_workers=0"] if probe == "seg_probe_voc" else []
+    )
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["samclip-eval", f"eval={probe}", f"checkpoint={smoke_dino_run / 'res_adapt' / 'final.pt'}",
+         f"run_dir={run_dir}", f"eval.root={root}", "eval.features=adaptor:dino", "eval.resolution=64",
+         "eval.num_visualize=1", "device=cpu", *extra],
+    )  # fmt: skip
+    eval_main()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["features"] == "adaptor:dino" and results["num_val_images"] == 2
+    assert 0.0 <= results["mIoU"] <= 100.0 and len(results["per_class"]) == 21
