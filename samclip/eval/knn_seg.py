@@ -27,14 +27,14 @@ from tqdm import tqdm
 from samclip.eval.datasets.semseg import SegmentationDataset, open_segmentation_dataset
 from samclip.eval.metrics import IGNORE_INDEX
 from samclip.eval.seg_probe import (
+    Encoder,
     augment,
+    backbone_encoder,
     check_features,
-    extract_features,
     limit_images,
     probe_backbone,
     score_on_val,
 )
-from samclip.models import SamClipModel
 from samclip.serve.merged import MergedSamClip
 
 QUERY_CHUNK = 4096  # validation patches per similarity matrix
@@ -78,25 +78,41 @@ def evaluate_knn_seg(
     was_training = backbone.training
     backbone.eval()
     try:
-        classifier = build_memory(backbone, train_set, features, resolution, memory_size, seed)
-        classifier.k, classifier.temperature = min(k, classifier.bank_size), temperature
-        confusion = score_on_val(
-            backbone,
-            classifier,
-            val_set,
-            features,
-            resolution,
-            Path(run_dir),
-            num_visualize,
-            save_predictions,
-        )
+        results = knn_segmentation(
+            backbone_encoder(backbone, features), train_set, val_set, Path(run_dir), resolution=resolution,
+            k=k, temperature=temperature, memory_size=memory_size, seed=seed, num_visualize=num_visualize,
+            save_predictions=save_predictions, device=next(backbone.parameters()).device,
+        )  # fmt: skip
     finally:
         backbone.train(was_training)
+    return {"features": features, "encoder": encoder, **results}
+
+
+def knn_segmentation(
+    encode: Encoder,
+    train_set: SegmentationDataset,
+    val_set: SegmentationDataset,
+    run_dir: Path,
+    *,
+    resolution: int,
+    k: int = 30,
+    temperature: float = 0.02,
+    memory_size: int = 1_024_000,
+    seed: int = 0,
+    num_visualize: int = 0,
+    save_predictions: bool = False,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """k-NN label transfer with any frozen dense ``encode`` (a student's tokens, a teacher's patch tokens)."""
+    device = torch.device(device)
+    classifier = build_memory(encode, train_set, resolution, memory_size, seed, device)
+    classifier.k, classifier.temperature = min(k, classifier.bank_size), temperature
+    confusion = score_on_val(
+        encode, classifier, val_set, resolution, run_dir, num_visualize, save_predictions, device
+    )
     iou = confusion.iou()
     return {
         "dataset": val_set.name,
-        "features": features,
-        "encoder": encoder,
         "resolution": resolution,
         "k": classifier.k,
         "temperature": temperature,
@@ -132,22 +148,21 @@ def patch_label_histograms(label: torch.Tensor, grid: int, num_classes: int) -> 
 
 @torch.no_grad()
 def build_memory(
-    backbone: SamClipModel,
+    encode: Encoder,
     dataset: SegmentationDataset,
-    features: str,
     resolution: int,
     memory_size: int,
     seed: int,
+    device: torch.device | str = "cpu",
 ) -> KnnLabelTransfer:
     """The memory bank of ``dataset``: normalised patch features and soft labels, ignored-only patches left out."""
-    device = next(backbone.parameters()).device
     num_classes = len(dataset.classnames)
     per_image = max(1, memory_size // max(1, len(dataset)))
     generator = torch.Generator().manual_seed(seed)
     keys, values = [], []
     for sample in tqdm(dataset, desc=f"{dataset.name} memory bank", total=len(dataset)):
         pixels, label = augment(sample.image, sample.label, resolution, (1.0, 1.0), flip=False)
-        dense = extract_features(backbone, pixels[None].to(device), features)[0]  # [C, h, w]
+        dense = encode(pixels[None].to(device))[0]  # [C, h, w]
         tokens = F.normalize(dense.flatten(1).T.float(), dim=-1)  # [h*w, C]
         counts = patch_label_histograms(label.to(device), dense.shape[-1], num_classes)
         mass = counts.sum(-1)

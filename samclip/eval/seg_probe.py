@@ -14,7 +14,7 @@ size for the loss and to the original image size for evaluation.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +110,9 @@ def evaluate_seg_probe(
         finally:
             batches.close()  # ends the DataLoader's workers now rather than at garbage collection
         confusion = score_on_val(
-            backbone, probe, val_set, features, resolution, Path(run_dir), num_visualize, save_predictions
-        )
+            backbone_encoder(backbone, features), probe, val_set, resolution, Path(run_dir), num_visualize,
+            save_predictions, target_device,
+        )  # fmt: skip
     finally:
         backbone.train(was_training)
     atomic_torch_save(
@@ -351,33 +352,44 @@ def train_head(
     return loss.item()
 
 
+Encoder = Callable[
+    [torch.Tensor], torch.Tensor
+]  # [B, 3, R, R] float in [0, 1] -> dense features [B, C, h, w]
+
+
+def backbone_encoder(backbone: SamClipModel, features: str) -> Encoder:
+    """The frozen ``features`` of ``backbone`` as an encoder the scoring code calls."""
+    return lambda images: extract_features(backbone, images, features)
+
+
 @torch.no_grad()
 def predict(
-    backbone: SamClipModel, head: nn.Module, image: np.ndarray, features: str, resolution: int
+    encode: Encoder, head: nn.Module, image: np.ndarray, resolution: int, device: torch.device
 ) -> np.ndarray:
     """HxWx3 uint8 -> HxW class indices: square resize, frozen features, head, bilinear upsampling, argmax."""
-    device = next(backbone.parameters()).device
     pixels = resize_square(to_float_tensor(image).to(device), resolution)
-    logits = head(extract_features(backbone, pixels, features))
+    logits = head(encode(pixels))
     logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits[0].argmax(0).cpu().numpy()
 
 
 def score_on_val(
-    backbone: SamClipModel,
+    encode: Encoder,
     head: nn.Module,
     dataset: SegmentationDataset,
-    features: str,
     resolution: int,
     run_dir: Path,
     num_visualize: int,
     save_predictions: bool,
+    device: torch.device,
 ) -> ConfusionMatrix:
+    """The confusion matrix of ``head`` on ``encode``'s features over ``dataset``; titled panels of the first
+    ``num_visualize`` images under ``run_dir/qualitative``, class-index PNGs if ``save_predictions``."""
     head.eval()
     confusion = ConfusionMatrix(len(dataset.classnames))
     palette = class_palette(len(dataset.classnames))
     for index, sample in enumerate(tqdm(dataset, desc=f"{dataset.name} val", total=len(dataset))):
-        prediction = predict(backbone, head, sample.image, features, resolution)
+        prediction = predict(encode, head, sample.image, resolution, device)
         confusion.update(prediction, sample.label)
         if index < num_visualize:
             save_segmentation_panel(

@@ -40,6 +40,11 @@ TINY_DINO_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
         "vit_small_patch14_reg4_dinov2",
         {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 56},
     ),
+    # The proxy world's dense teacher (samclip.proxy.dense_teacher): 112 px, an 8 x 8 grid as the student's.
+    "samclip_proxy_dino": (
+        "vit_small_patch14_dinov2",
+        {"embed_dim": 64, "depth": 4, "num_heads": 4, "img_size": 112},
+    ),
 }
 # The official checkpoints' position-embedding grid: 518 px / 14.
 OFFICIAL_IMAGE_SIZE = 518

@@ -86,8 +86,11 @@ STUDY_SIZES = {
 }
 
 
-def compose_recipe(proxy_dir: Path, run_dir: Path, size: StudySize, *overrides: str) -> DictConfig:
-    """``experiment=proxy`` with the study's lengths and ``overrides``, as ``samclip-train`` would compose it."""
+def compose_recipe(
+    proxy_dir: Path, run_dir: Path, size: StudySize, *overrides: str, experiment: str = "proxy"
+) -> DictConfig:
+    """``experiment`` (proxy, or proxy_dense with the third teacher) with the study's lengths and
+    ``overrides``, as ``samclip-train`` would compose it."""
     lengths = [
         f"stage.head_probe.schedule_steps={size.head_probe_steps}",
         f"stage.multitask.schedule_steps={size.multitask_steps}",
@@ -98,7 +101,7 @@ def compose_recipe(proxy_dir: Path, run_dir: Path, size: StudySize, *overrides: 
         return compose(
             "train",
             overrides=[
-                "experiment=proxy",
+                f"experiment={experiment}",
                 f"proxy_dir={proxy_dir}",
                 f"run_dir={run_dir}",
                 *lengths,
@@ -131,7 +134,7 @@ def control_overrides(head_probe_final: Path) -> list[str]:
     ]
 
 
-def _timed(timings: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+def timed(timings: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     start = time.time()
     result = fn(*args, **kwargs)
     timings[name] = round(time.time() - start, 1)
@@ -139,7 +142,7 @@ def _timed(timings: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: 
     return result
 
 
-def _report(out: Path, name: str, results: dict[str, Any]) -> dict[str, Any]:
+def report_eval(out: Path, name: str, results: dict[str, Any]) -> dict[str, Any]:
     write_results(out / "evals" / name, name, results)
     return results
 
@@ -155,8 +158,8 @@ def evaluate_merged(
         classnames=None, resolutions=[size.eval_resolution], num_workers=0, batch_size=100,
     )  # fmt: skip
     prompted = evaluate_prompted_miou(model, run_dir / "prompted", shards=world.sam_val_shards)
-    _report(out, f"{name}/zeroshot", zeroshot)
-    _report(out, f"{name}/prompted", prompted)
+    report_eval(out, f"{name}/zeroshot", zeroshot)
+    report_eval(out, f"{name}/prompted", prompted)
     metrics = {
         "zeroshot_top1": zeroshot[f"top1@{size.eval_resolution}"],
         "box_miou": prompted["box_mIoU"],
@@ -168,7 +171,7 @@ def evaluate_merged(
                 model, run_dir / f"semseg_{mode}", layout=PROXY_LAYOUT, root=str(world.semseg_root),
                 mode=mode, resolution=2 * size.eval_resolution, threshold=0.5, num_points=3, num_visualize=2,
             )  # fmt: skip
-            _report(out, f"{name}/semseg_{mode}", result)
+            report_eval(out, f"{name}/semseg_{mode}", result)
             metrics[f"semseg_miou_{mode}"] = result["mIoU"]
     return metrics
 
@@ -180,12 +183,12 @@ def evaluate_teachers(world: ProxyWorld, out: Path, size: StudySize) -> dict[str
         classnames=None, encoder="teacher", teacher_model=size.clip_teacher.model_name,
         teacher_pretrained=str(clip_file), num_workers=0, batch_size=100,
     )  # fmt: skip
-    _report(out, "clip_teacher", zeroshot)
+    report_eval(out, "clip_teacher", zeroshot)
     top1 = next(value for key, value in zeroshot.items() if key.startswith("top1@"))
     # The SAM teacher through the student's own code path: create_model from the official checkpoint is
     # exactly where the recipe starts (its SAM head and backbone are the teacher's weights).
     sam = create_model(size.sam_teacher.model_name, sam_checkpoint=sam_file).eval()
-    prompted = _report(
+    prompted = report_eval(
         out, "sam_teacher", evaluate_prompted_miou(sam, out / "evals", shards=world.sam_val_shards)
     )
     return {
@@ -217,7 +220,7 @@ def train_teachers(world: ProxyWorld, teachers: Path, size: StudySize, seed: int
             future.result()
 
 
-def _mean_se(values: list[float]) -> dict[str, Any]:
+def mean_se(values: list[float]) -> dict[str, Any]:
     """Mean and standard error of the mean over seeds (SE 0 for one seed: no spread measured)."""
     mean = sum(values) / len(values)
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
@@ -229,8 +232,7 @@ def aggregate(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     for row in per_seed[0]:
         rows[row] = {
-            metric: _mean_se([seed_rows[row][metric] for seed_rows in per_seed])
-            for metric in per_seed[0][row]
+            metric: mean_se([seed_rows[row][metric] for seed_rows in per_seed]) for metric in per_seed[0][row]
         }
     return rows
 
@@ -239,11 +241,11 @@ def run_seed(out: Path, world: ProxyWorld, size: StudySize, seed: int, timings: 
     """Every student run of one seed under ``out/seed_<seed>/`` and its metrics, one dict per row."""
     seed_dir = out / f"seed_{seed}"
     recipe = seed_dir / "recipe"
-    _timed(timings, f"seed_{seed}/recipe", run, compose_recipe(out, recipe, size, f"seed={seed}"))
+    timed(timings, f"seed_{seed}/recipe", run, compose_recipe(out, recipe, size, f"seed={seed}"))
     head_probe_final = recipe / "head_probe" / "final.pt"
     control = seed_dir / CONTROL
     cfg = compose_recipe(out, control, size, f"seed={seed}", *control_overrides(head_probe_final))
-    _timed(timings, f"seed_{seed}/{CONTROL}", run, cfg)
+    timed(timings, f"seed_{seed}/{CONTROL}", run, cfg)
     lambda_dirs = {}  # the other λ; the recipe's own multitask stage is the λ = 10 point
     for sam_weight in size.sam_weights:
         if sam_weight == RECIPE_SAM_WEIGHT:
@@ -252,7 +254,7 @@ def run_seed(out: Path, world: ProxyWorld, size: StudySize, seed: int, timings: 
         cfg = compose_recipe(
             out, run_dir, size, f"seed={seed}", *ablation_overrides(sam_weight, head_probe_final)
         )
-        _timed(timings, f"seed_{seed}/multitask_lambda_{sam_weight:g}", run, cfg)
+        timed(timings, f"seed_{seed}/multitask_lambda_{sam_weight:g}", run, cfg)
         lambda_dirs[sam_weight] = run_dir
 
     eval_start = time.time()
@@ -278,6 +280,21 @@ def run_seed(out: Path, world: ProxyWorld, size: StudySize, seed: int, timings: 
     return rows
 
 
+def prepare_world_and_teachers(
+    out: Path, size: StudySize, seed: int, timings: dict[str, float]
+) -> ProxyWorld:
+    """The world and the CLIP and SAM teachers under ``out``, built from ``seed`` unless already there."""
+    marker = out / "world" / "DONE"
+    if not marker.is_file():
+        timed(timings, "world", write_world, out / "world", size.world, seed)
+        marker.write_text(f"size={size.world} seed={seed}\n")
+    world = ProxyWorld(out / "world")
+    teachers = out / "teachers"
+    teachers.mkdir(parents=True, exist_ok=True)
+    timed(timings, "teachers", train_teachers, world, teachers, size, seed)
+    return world
+
+
 def run_study(
     out: str | Path, size_name: str = "quick", seeds: Sequence[int] | None = None
 ) -> dict[str, Any]:
@@ -295,15 +312,7 @@ def run_study(
         raise ValueError("the proxy study needs at least one seed")
     timings: dict[str, float] = {}
     start = time.time()
-    marker = out / "world" / "DONE"
-    if not marker.is_file():
-        _timed(timings, "world", write_world, out / "world", size.world, seeds[0])
-        marker.write_text(f"size={size.world} seed={seeds[0]}\n")
-    world = ProxyWorld(out / "world")
-    teachers = out / "teachers"
-    teachers.mkdir(parents=True, exist_ok=True)
-    _timed(timings, "teachers", train_teachers, world, teachers, size, seeds[0])
-
+    world = prepare_world_and_teachers(out, size, seeds[0], timings)
     teacher_metrics = evaluate_teachers(world, out, size)
     per_seed = [run_seed(out, world, size, seed, timings) for seed in seeds]
     timings["total"] = round(time.time() - start, 1)

@@ -34,7 +34,7 @@ COLOURS = {
     "yellow": (230, 205, 40),
 }
 TEMPLATES = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
-SPLITS = {"clip": 0, "sam": 1, "classification": 2, "semseg": 3, "sam_val": 4}
+SPLITS = {"clip": 0, "sam": 1, "classification": 2, "semseg": 3, "sam_val": 4, "semseg_train": 5, "dense": 6}
 # SA-1B image ids of the held-out tar start here, so train and held-out ids never collide.
 VAL_ID_OFFSET = 1_000_000
 BOUNDARY = 255  # VOC's ignore label on object outlines
@@ -273,26 +273,43 @@ def write_classification_split(out_dir: Path, seed: int, num_images: int) -> Non
         scene.image.save(out_dir / scene.objects[0].shape / f"{index:06d}.jpg", quality=90)
 
 
-def write_semseg_split(out_dir: Path, seed: int, num_images: int) -> None:
-    """VOC2012 layout: ``JPEGImages/``, ``SegmentationClass/`` palette PNGs, ``ImageSets/Segmentation/val.txt``
-    and ``classnames.txt`` (background first, then ``SHAPES``)."""
+def write_semseg_split(out_dir: Path, seed: int, num_images: int, split: str = "semseg") -> None:
+    """VOC2012 layout: ``JPEGImages/``, ``SegmentationClass/`` palette PNGs, ``ImageSets/Segmentation/<set>.txt``
+    and ``classnames.txt`` (background first, then ``SHAPES``).
+
+    ``split="semseg"`` is the held-out ``val`` set; ``"semseg_train"`` the ``train`` set a k-NN probe's
+    memory bank (or a trained head) reads, written beside it into the same tree."""
     from samclip.eval.visualize import class_palette
 
+    image_set, prefix = SEMSEG_SETS[split]
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     palette = class_palette(256).astype(np.uint8).flatten().tolist()
     names = []
     for index in range(num_images):
-        rng = _rng(seed, "semseg", index)
+        rng = _rng(seed, split, index)
         scene = make_scene(rng, *_size(rng, 128, 192))
-        name = f"proxy_{index:06d}"
+        name = f"{prefix}_{index:06d}"
         scene.image.save(out_dir / "JPEGImages" / f"{name}.jpg", quality=90)
         label = Image.fromarray(scene.semantic_map(), mode="P")
         label.putpalette(palette)
         label.save(out_dir / "SegmentationClass" / f"{name}.png")
         names.append(name)
-    (out_dir / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names) + "\n")
+    (out_dir / "ImageSets" / "Segmentation" / f"{image_set}.txt").write_text("\n".join(names) + "\n")
     (out_dir / "classnames.txt").write_text("\n".join(("background", *SHAPES)) + "\n")
+
+
+# world split -> (VOC image set, file-name prefix)
+SEMSEG_SETS = {"semseg": ("val", "proxy"), "semseg_train": ("train", "proxy_train")}
+
+
+def dense_scenes(seed: int, num_images: int) -> list[Scene]:
+    """Scenes of their own split (``dense``) at D_CLIP's sizes: the dense proxy teacher's training set."""
+    scenes = []
+    for index in range(num_images):
+        rng = _rng(seed, "dense", index)
+        scenes.append(make_scene(rng, *_size(rng, 96, 144)))
+    return scenes
 
 
 @dataclass(frozen=True)

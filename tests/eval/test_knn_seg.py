@@ -16,6 +16,7 @@ from samclip.cli.eval import main
 from samclip.eval.datasets.semseg import open_segmentation_dataset
 from samclip.eval.knn_seg import KnnLabelTransfer, build_memory, evaluate_knn_seg, patch_label_histograms
 from samclip.eval.metrics import IGNORE_INDEX
+from samclip.eval.seg_probe import backbone_encoder
 
 
 def test_vote_is_the_softmax_weighted_soft_labels_of_the_k_most_similar_bank_patches(monkeypatch):
@@ -87,8 +88,9 @@ def test_knn_transfers_the_red_box_labels_and_fails_with_shuffled_bank_labels(me
 
 def test_memory_size_keeps_an_equal_seeded_share_of_each_image(merged, red_box_voc):
     dataset = open_segmentation_dataset("voc", str(red_box_voc), "train")
-    small = build_memory(merged.model.eval(), dataset, "tokens", 128, memory_size=80, seed=3)
-    again = build_memory(merged.model.eval(), dataset, "tokens", 128, memory_size=80, seed=3)
+    encode = backbone_encoder(merged.model.eval(), "tokens")
+    small = build_memory(encode, dataset, 128, memory_size=80, seed=3)
+    again = build_memory(encode, dataset, 128, memory_size=80, seed=3)
     assert small.bank_size == 80  # 10 of each image's 64 cells
     assert torch.equal(small.keys, again.keys) and torch.equal(small.values, again.values)
     torch.testing.assert_close(small.values.float().sum(-1), torch.ones(80), atol=1e-3, rtol=0)
