@@ -22,12 +22,12 @@ from typing import Any, NamedTuple
 
 import timm
 import torch
-import torch.nn.functional as F
 from timm.models import load_pretrained
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
 from samclip.models.checkpoint_files import atomic_torch_save
+from samclip.models.preprocess import resize_and_normalize
 from samclip.models.teachers import FrozenTeacher
 
 # name -> (timm architecture, its arguments); ``img_size`` is where write_random_dino_checkpoint builds it.
@@ -96,15 +96,7 @@ class DinoTeacher(FrozenTeacher):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] at any square size -> the teacher's resolution and normalisation."""
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(
-                images,
-                size=(self.image_size, self.image_size),
-                mode="bicubic",
-                align_corners=False,
-                antialias=True,
-            ).clamp_(0.0, 1.0)
-        return (images - self.mean) / self.std
+        return resize_and_normalize(images, self.image_size, self.mean, self.std)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> DenseTeacherOutput:

@@ -1,4 +1,5 @@
-"""SAM's image conventions: pixel statistics, resize-longest-side and padding to a square frame."""
+"""Image conventions: SAM's (pixel statistics, resize-longest-side, padding to a square frame) and the
+resize-and-normalise every image teacher applies to its input (``resize_and_normalize``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,23 @@ def normalize_sam(images: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] float images in [0, 1] -> SAM-normalised images."""
     mean = images.new_tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1) / 255.0
     std = images.new_tensor(SAM_PIXEL_STD).view(1, 3, 1, 1) / 255.0
+    return (images - mean) / std
+
+
+def resize_and_normalize(
+    images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """A teacher's input: [B, 3, H, W] float images in [0, 1] -> [B, 3, size, size], ``(x - mean) / std``.
+
+    Images not already ``size`` x ``size`` are resized with antialiased bicubic interpolation
+    (``align_corners=False``) and clamped back to [0, 1] (bicubic overshoots); images at that size are
+    normalised as they are. ``mean`` and ``std`` broadcast against the images ([1, 3, 1, 1]); the result's
+    dtype is what type promotion gives the three. The input is never modified.
+    """
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(
+            images, size=(size, size), mode="bicubic", align_corners=False, antialias=True
+        ).clamp_(0.0, 1.0)
     return (images - mean) / std
 
 

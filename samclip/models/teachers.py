@@ -9,11 +9,10 @@ from pathlib import Path
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from samclip.models.config import get_model_config
-from samclip.models.preprocess import normalize_sam
+from samclip.models.preprocess import normalize_sam, resize_and_normalize
 from samclip.models.prompts import SamPrompts
 from samclip.models.sam_checkpoint import build_official_sam, read_sam_checkpoint, validate_sam_state_dict
 from samclip.models.sam_head import SamHeadOutput, build_mask_decoder, build_prompt_encoder, decode_masks
@@ -117,15 +116,7 @@ class ClipTeacher(FrozenTeacher):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] at any square size -> the teacher's resolution and normalisation."""
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(
-                images,
-                size=(self.image_size, self.image_size),
-                mode="bicubic",
-                align_corners=False,
-                antialias=True,
-            ).clamp_(0.0, 1.0)
-        return (images - self.mean) / self.std
+        return resize_and_normalize(images, self.image_size, self.mean, self.std)
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:

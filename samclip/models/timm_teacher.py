@@ -23,6 +23,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from samclip.models.preprocess import resize_and_normalize
 from samclip.models.teachers import FrozenTeacher
 
 
@@ -64,15 +65,7 @@ class TimmImageTeacher(FrozenTeacher):
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(
-                images,
-                size=(self.image_size, self.image_size),
-                mode="bicubic",
-                align_corners=False,
-                antialias=True,
-            ).clamp_(0.0, 1.0)
-        embeds = self.model((images - self.mean) / self.std)
+        embeds = self.model(resize_and_normalize(images, self.image_size, self.mean, self.std))
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
