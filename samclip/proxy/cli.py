@@ -1,12 +1,16 @@
-"""``samclip-proxy --out DIR [--size test|quick|full] [--seeds S ...]``: the proxy study (see samclip.proxy.study)."""
+"""``samclip-proxy --out DIR [--size test|quick|full] [--seeds S ...] [--three-teachers [--workers N]]``: the
+proxy study (samclip.proxy.study), or with ``--three-teachers`` the study of a third, dense teacher
+(samclip.proxy.three_teachers) on the same world and teachers."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from samclip.proxy.study import STUDY_SIZES, combine_studies, run_study
+from samclip.proxy.three_teachers import run_three_teacher_study
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,17 +28,26 @@ def main(argv: list[str] | None = None) -> None:
         "--combine", nargs="+", metavar="STUDY_DIR", default=None,
         help="write one report in --out from finished studies of other seeds (same world and teachers)",
     )  # fmt: skip
+    parser.add_argument(
+        "--three-teachers", action="store_true",
+        help="the two- vs three-teacher study (writes three_teachers.{json,md,png} in --out)",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="--three-teachers: seeds run in parallel")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    report = "results.md"
     try:
         if args.combine:
             combine_studies(args.out, args.combine)
+        elif args.three_teachers:
+            run_three_teacher_study(args.out, args.size, args.seeds, args.workers)
+            report = "three_teachers.md"
         else:
             run_study(args.out, args.size, args.seeds)
     except (ValueError, FileNotFoundError) as exn:
         print(f"samclip-proxy: error: {exn}", file=sys.stderr)
         raise SystemExit(2) from exn
-    print((__import__("pathlib").Path(args.out) / "results.md").read_text())
+    print((Path(args.out) / report).read_text())
 
 
 if __name__ == "__main__":

@@ -56,6 +56,16 @@ def scene_tensors(scenes: list[Scene], image_size: int, grid: int) -> tuple[torc
     return torch.stack(images), torch.stack(labels)
 
 
+def flip_horizontally(
+    images: torch.Tensor, patch_counts: torch.Tensor, grid: int, flip: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror the images where ``flip`` holds, and their row-major patch histograms with them."""
+    images, patch_counts = images.clone(), patch_counts.clone()
+    images[flip] = images[flip].flip(-1)
+    patch_counts[flip] = patch_counts[flip].view(-1, grid, grid, patch_counts.shape[-1]).flip(2).flatten(1, 2)
+    return images, patch_counts
+
+
 def dense_teacher_loss(
     teacher: DinoTeacher, heads: torch.nn.ModuleDict, images: torch.Tensor, patch_counts: torch.Tensor,
     main_class: torch.Tensor,
@@ -94,11 +104,8 @@ def train_dense_teacher(out_path: str | Path, training: DenseTeacherTraining, se
     start, accuracies = time.time(), []
     for step in range(training.steps):
         index = torch.randint(len(images), (training.batch_size,), generator=generator)
-        batch, batch_counts = images[index].float() / 255.0, counts[index]
-        flip = torch.rand(len(index), generator=generator) < 0.5  # a flip mirrors the patch grid with it
-        batch[flip] = batch[flip].flip(-1)
-        batch_counts = batch_counts.clone()
-        batch_counts[flip] = batch_counts[flip].view(-1, grid, grid, NUM_CLASSES).flip(2).flatten(1, 2)
+        flip = torch.rand(len(index), generator=generator) < 0.5
+        batch, batch_counts = flip_horizontally(images[index].float() / 255.0, counts[index], grid, flip)
         loss, accuracy = dense_teacher_loss(teacher, heads, batch, batch_counts, main_class[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -106,7 +113,7 @@ def train_dense_teacher(out_path: str | Path, training: DenseTeacherTraining, se
         optimizer.step()
         scheduler.step()
         accuracies.append(float(accuracy))
-        if (step + 1) % 100 == 0:
+        if (step + 1) % 100 == 0 or step + 1 == training.steps:
             log.info(
                 "dense teacher: step %d loss %.3f patch accuracy %.3f (%.0fs)",
                 step + 1, loss.item(), float(np.mean(accuracies[-100:])), time.time() - start,

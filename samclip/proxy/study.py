@@ -197,7 +197,7 @@ def evaluate_teachers(world: ProxyWorld, out: Path, size: StudySize) -> dict[str
     }
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
@@ -214,7 +214,7 @@ def train_teachers(world: ProxyWorld, teachers: Path, size: StudySize, seed: int
     if not jobs:
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(jobs), mp_context=context, initializer=_log_to_stderr) as pool:
+    with ProcessPoolExecutor(len(jobs), mp_context=context, initializer=log_to_stderr) as pool:
         futures = [pool.submit(fn, *args, **kwargs) for fn, args, kwargs in jobs]
         for future in futures:
             future.result()

@@ -16,10 +16,14 @@ its dense adaptor. Written under ``DIR``::
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from samclip.eval.datasets.semseg import open_segmentation_dataset
 from samclip.eval.knn_seg import knn_segmentation
@@ -36,6 +40,7 @@ from samclip.proxy.study import (
     compose_recipe,
     evaluate_merged,
     evaluate_teachers,
+    log_to_stderr,
     prepare_world_and_teachers,
     report_eval,
     timed,
@@ -119,10 +124,40 @@ def run_seed(out: Path, world: ProxyWorld, size: StudySize, seed: int, timings: 
     return rows
 
 
+def _seed_in_worker(
+    out: Path, world: ProxyWorld, size: StudySize, seed: int
+) -> tuple[dict, dict[str, float]]:
+    torch.set_num_threads(1)
+    timings: dict[str, float] = {}
+    return run_seed(out, world, size, seed, timings), timings
+
+
+def run_seeds(
+    out: Path,
+    world: ProxyWorld,
+    size: StudySize,
+    seeds: Sequence[int],
+    timings: dict[str, float],
+    workers: int,
+) -> list[dict]:
+    if workers <= 1 or len(seeds) == 1:
+        return [run_seed(out, world, size, seed, timings) for seed in seeds]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(seeds)), mp_context=context, initializer=log_to_stderr) as pool:
+        finished = list(
+            pool.map(_seed_in_worker, *zip(*[(out, world, size, seed) for seed in seeds], strict=True))
+        )
+    for _, seed_timings in finished:
+        timings.update(seed_timings)
+    return [rows for rows, _ in finished]
+
+
 def run_three_teacher_study(
-    out: str | Path, size_name: str = "quick", seeds: Sequence[int] | None = None
+    out: str | Path, size_name: str = "quick", seeds: Sequence[int] | None = None, workers: int = 1
 ) -> dict[str, Any]:
-    """The two- and three-teacher students of every seed in ``out``; returns ``three_teachers.json``'s content."""
+    """The two- and three-teacher students of every seed in ``out``; returns ``three_teachers.json``'s content.
+
+    ``workers`` > 1 runs seeds in that many processes of one thread each (the world and teachers first)."""
     if size_name not in STUDY_SIZES:
         raise ValueError(f"unknown study size {size_name!r}; available: {sorted(STUDY_SIZES)}")
     size, out = STUDY_SIZES[size_name], Path(out).absolute()
@@ -143,7 +178,7 @@ def run_three_teacher_study(
     teachers["sam"]["knn_miou_tokens"] = knn_miou(
         backbone_encoder(sam, "tokens"), world, out / "evals" / "sam_teacher_knn", size.eval_resolution
     )
-    per_seed = [run_seed(out, world, size, seed, timings) for seed in seeds]
+    per_seed = run_seeds(out, world, size, seeds, timings, workers)
     timings["total"] = round(time.time() - start, 1)
     results = {
         "size": size_name,
