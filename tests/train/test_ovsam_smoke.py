@@ -71,6 +71,8 @@ def test_ovsam_eval_and_predict_on_the_smoke_checkpoint(ovsam_run: Path, tmp_pat
         "eval.novel_classes=[blue ellipse,green rectangle]",
     )
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    # Only the range: 12 steps from a random SAM decoder give IoU about 0 (near-empty masks); that the evaluator
+    # scores a good model right is tests/eval/test_ovsam_eval.py's known-good and oracle-decoder tests.
     for kind in ("box", "point"):
         for key in ("iou_base", "iou_novel", "accuracy"):
             assert 0.0 <= results[kind][key] <= 100.0, (kind, key)
