@@ -45,25 +45,26 @@ def _mask_iou(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1)
 
 
-def evaluate_prompted_miou(
-    model: MergedSamClip | SamClipModel | None,
-    run_dir: Path,
-    *,
+def prompted_ious(
+    sam_model: SamClipModel,
     shards: str | Sequence[str],
+    *,
     min_mask_area: float = 100.0,
     max_images: int | None = None,
-) -> dict[str, Any]:
-    """Every ground-truth instance of SA-1B-layout ``shards`` prompted once by its box and once by its
-    annotation's point (SA-1B's ``point_coords``); mean IoU of the single-mask output against the mask, in %."""
-    if model is None:
-        raise ValueError("prompted mIoU needs checkpoint=FILE")
-    sam_model = model.model if isinstance(model, MergedSamClip) else model
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-instance (box IoU, point IoU) of ``sam_model``'s single-mask output against the ground truth: every
+    instance of area >= ``min_mask_area`` of SA-1B-layout ``shards`` prompted once by its box and once by its
+    annotation's point (SA-1B's ``point_coords``). Rank r scores images r, r + W, ..."""
     urls = [shards] if isinstance(shards, str) else list(shards)
     box_ious, point_ious = [], []
     dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
     for count, sample in enumerate(dataset):
         if max_images is not None and count >= max_images:
             break
+        if count % world_size != rank:
+            continue
         record = parse_annotation_file(sample["json"])
         annotations = [a for a in record.annotations if a["area"] >= min_mask_area]
         if not annotations:
@@ -75,23 +76,65 @@ def evaluate_prompted_miou(
         points = np.array([a["point_coords"][:1] for a in annotations], dtype=np.float64)
         embedding = sam_model.embed_image(pixels)
         by_box = sam_model.segment(embedding, boxes=boxes).masks.cpu().numpy()
-        by_point = (
-            sam_model.segment(
-                embedding, points=points, point_labels=np.ones(points.shape[:2], dtype=np.int64)
-            )
-            .masks.cpu()
-            .numpy()
-        )
+        labels = np.ones(points.shape[:2], dtype=np.int64)
+        by_point = sam_model.segment(embedding, points=points, point_labels=labels).masks.cpu().numpy()
         box_ious.append(_mask_iou(by_box, targets))
         point_ious.append(_mask_iou(by_point, targets))
-    if not box_ious:
-        raise ValueError(f"no instance of area >= {min_mask_area} in {urls}")
-    box, point = np.concatenate(box_ious), np.concatenate(point_ious)
+    empty = np.zeros(0)
+    return (np.concatenate(box_ious), np.concatenate(point_ious)) if box_ious else (empty, empty)
+
+
+def evaluate_prompted_miou(
+    model: MergedSamClip | SamClipModel | None,
+    run_dir: Path,
+    *,
+    shards: str | Sequence[str],
+    min_mask_area: float = 100.0,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Mean box- and point-prompted IoU (%) against the ground truth (``prompted_ious``) of every instance."""
+    if model is None:
+        raise ValueError("prompted mIoU needs checkpoint=FILE")
+    sam_model = model.model if isinstance(model, MergedSamClip) else model
+    box, point = prompted_ious(sam_model, shards, min_mask_area=min_mask_area, max_images=max_images)
+    if not box.size:
+        raise ValueError(f"no instance of area >= {min_mask_area} in {shards}")
     return {
         "box_mIoU": 100.0 * float(box.mean()),
         "point_mIoU": 100.0 * float(point.mean()),
         "num_instances": int(box.size),
     }
+
+
+class HeldOutBoxMiou:
+    """``val/box_miou``: a trainer validation evaluator (``configs/validation/proxy.yaml``): the student's
+    box-prompted mIoU (%) against the ground truth of held-out SA-1B-layout ``shards``, for the study's
+    per-stage curves. Needs no teacher."""
+
+    teachers: tuple[str, ...] = ()
+
+    def __init__(
+        self, shards: str | Sequence[str], min_mask_area: float = 100.0, max_images: int | None = None,
+        rank: int = 0, world_size: int = 1,
+    ) -> None:  # fmt: skip
+        self.shards = _shard_list(shards)
+        self.min_mask_area, self.max_images = min_mask_area, max_images
+        self.rank, self.world_size = rank, world_size
+
+    def local_sums(self, task: Any, device: Any) -> tuple[float, float]:
+        box, _ = prompted_ious(
+            task.student, self.shards, min_mask_area=self.min_mask_area, max_images=self.max_images,
+            rank=self.rank, world_size=self.world_size,
+        )  # fmt: skip
+        return 100.0 * float(box.sum()), float(box.size)
+
+
+def _shard_list(shards: str | Sequence[str]) -> list[str]:
+    """A folder stands for its tars (as ``data.*.urls`` in the configs); a file or list is kept."""
+    if isinstance(shards, str):
+        folder = Path(shards)
+        return sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else [shards]
+    return list(shards)
 
 
 def box_baselines(shards: str | Sequence[str], min_mask_area: float = 100.0) -> dict[str, float]:

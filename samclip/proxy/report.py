@@ -136,3 +136,75 @@ def plot_results(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
     figure.savefig(lambda_path, dpi=120)
     plt.close(figure)
     return stages_path, lambda_path
+
+
+CURVE_METRICS = (
+    ("zeroshot_top1", "zero-shot top-1 (%)", "clip"),
+    ("box_miou", "box-prompted mIoU (%)", "sam"),
+)
+
+
+def stage_curve(stage_dirs: list[Path], metric: str) -> tuple[list[float], list[float], list[float]]:
+    """``val/<metric>`` over the stages' ``metrics.jsonl`` in order, steps counted on from stage to stage;
+    also the step where each stage ends (for the plot's dividers)."""
+    from samclip.train.tracking import read_metrics
+
+    steps, values, ends, offset = [], [], [], 0
+    for directory in stage_dirs:
+        if not (directory / "metrics.jsonl").is_file():  # a run moved or not kept: draw what there is
+            break
+        lines = read_metrics(directory / "metrics.jsonl")
+        for line in lines:
+            if line.get(f"val/{metric}") is not None:
+                steps.append(offset + line["step"])
+                values.append(float(line[f"val/{metric}"]))
+        offset += max((line["step"] for line in lines), default=0)
+        ends.append(offset)
+    return steps, values, ends
+
+
+def plot_curves(results: dict[str, Any], out: Path, runs: dict[str, dict[int, list[Path]]]) -> Path | None:
+    """``curves.png``: held-out zero-shot and box mIoU during training (trainer validation), one line per run
+    kind (e.g. recipe, control) with its mean ± SE band over seeds, stage ends dotted, teachers dashed.
+
+    ``runs``: {label: {seed: [stage directory, ...]}}. None when no run logged validation."""
+    from samclip.proxy.study import mean_se  # the study imports this module lazily; this is the way back
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    drawn = False
+    for axis, (metric, label, teacher) in zip(axes, CURVE_METRICS, strict=True):
+        for run_label, by_seed in runs.items():
+            curves = [stage_curve(dirs, metric) for dirs in by_seed.values()]
+            curves = [c for c in curves if c[0]]
+            if not curves:
+                continue
+            length = min(len(c[0]) for c in curves)
+            steps = curves[0][0][:length]
+            table = [c[1][:length] for c in curves]
+            mean = [sum(column) / len(column) for column in zip(*table, strict=True)]
+            spread = [mean_se(list(column))["se"] for column in zip(*table, strict=True)]
+            axis.plot(
+                steps, mean, marker=".", label=f"{run_label} ({len(curves)} seed{'s' * (len(curves) > 1)})"
+            )
+            axis.fill_between(steps, [m - s for m, s in zip(mean, spread, strict=True)],
+                              [m + s for m, s in zip(mean, spread, strict=True)], alpha=0.2)  # fmt: skip
+            for end in curves[0][2][:-1]:
+                axis.axvline(end, color="gray", linestyle=":", linewidth=0.8)
+            drawn = True
+        teacher_value = results["teachers"][teacher].get(metric)
+        if teacher_value is not None:
+            axis.axhline(teacher_value, color="tab:red", linestyle="--", label=f"{teacher.upper()} teacher")
+        axis.set_xlabel("training step (head_probe | multitask | res_adapt)")
+        axis.set_ylabel(label)
+        axis.set_ylim(0, 100)
+        axis.set_title(f"held-out {label.split(' (')[0]} during training")
+        axis.legend(loc="lower right", fontsize=8)
+    if not drawn:
+        plt.close(figure)
+        return None
+    figure.suptitle(f"Proxy study ({results['size']}): trainer validation on the held-out world, mean ± SE")
+    figure.tight_layout()
+    path = out / "curves.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

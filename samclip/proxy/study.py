@@ -329,11 +329,22 @@ def run_study(
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
-    from samclip.proxy.report import plot_results, results_markdown
+    from samclip.proxy.report import plot_curves, plot_results, results_markdown
 
     (out / "results.md").write_text(results_markdown(results, timings))
     plot_results(results, out)
+    plot_curves(results, out, curve_runs({seed: out for seed in seeds}))
     return results
+
+
+def curve_runs(study_of_seed: dict[int, Path]) -> dict[str, dict[int, list[Path]]]:
+    """The stage directories whose validation curves ``curves.png`` draws: the recipe's three stages and the
+    control's (the recipe's head probe, then its own multitask and res_adapt), per seed."""
+    recipe = {seed: [study / f"seed_{seed}" / "recipe" / stage for stage in STAGES]
+              for seed, study in study_of_seed.items()}  # fmt: skip
+    control = {seed: [dirs[0], *(dirs[0].parents[1] / CONTROL / stage for stage in STAGES[1:])]
+               for seed, dirs in recipe.items()}  # fmt: skip
+    return {"recipe (λ = 10)": recipe, "control: stage 2 without L_clip": control}
 
 
 def combine_studies(out: str | Path, study_dirs: Sequence[str | Path]) -> dict[str, Any]:
@@ -358,8 +369,11 @@ def combine_studies(out: str | Path, study_dirs: Sequence[str | Path]) -> dict[s
     timings = {f"{Path(d).name}/{k}": v for d, s in zip(study_dirs, loaded, strict=True)
                for k, v in json.loads((Path(d) / "timings.json").read_text()).items()}  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    from samclip.proxy.report import plot_results, results_markdown
+    from samclip.proxy.report import plot_curves, plot_results, results_markdown
 
     (out / "results.md").write_text(results_markdown(results, timings))
     plot_results(results, out)
+    studies = {int(seed): Path(d).absolute() for d, study in zip(study_dirs, loaded, strict=True)
+               for seed in study["per_seed"]}  # fmt: skip
+    plot_curves(results, out, curve_runs(studies))
     return results

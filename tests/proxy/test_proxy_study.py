@@ -44,8 +44,12 @@ def test_results_have_every_row_and_file(results: dict) -> None:
     assert [f"lambda_{w:g}" in rows for w in SIZE.sam_weights] == [True] * len(SIZE.sam_weights)
     assert results["seeds"] == list(SIZE.seeds)
     assert all(len(cell["values"]) == len(SIZE.seeds) for cell in rows["res_adapt"].values())
-    for name in ("results.md", "stages.png", "lambda.png"):
+    for name in ("results.md", "stages.png", "lambda.png", "curves.png"):
         assert (out / name).is_file()
+    # The trainer's validation logged the held-out curves in every stage of the recipe.
+    for stage in ("head_probe", "multitask", "res_adapt"):
+        lines = (out / "seed_0" / "recipe" / stage / "metrics.jsonl").read_text().splitlines()
+        assert any('"val/zeroshot_top1"' in line and '"val/box_miou"' in line for line in lines), stage
 
 
 @pytest.mark.study
