@@ -29,7 +29,7 @@ from samclip.train.optim import build_optimizer, set_trainable
 from samclip.train.stages import Stage, TermPlan
 from samclip.train.tasks.base import Task
 from samclip.train.tasks.distill import build_term
-from samclip.train.tasks.terms import TERM_KINDS
+from samclip.train.tasks.terms import TERM_KINDS, DistillTerm
 from samclip.train.tracking import Tracker, WandbLogger
 from samclip.train.validation import PREFIX, BestCheckpoint, Validator, check_keep_best
 
@@ -297,11 +297,11 @@ def open_teacher_cache(
     teacher: DictConfig | None = None,
     *,
     name: str | None = None,
-    outputs: Sequence[str] = (),
+    term: DistillTerm | None = None,
 ) -> str:
     """The teacher's ``cache`` directory (``teacher.<stream>`` by default), checked against the configured
-    teacher (its name ``name``, its model name and weights), the ``outputs`` its term reads and, for cached
-    embeddings, the student's CLIP head."""
+    teacher (its name ``name``, its model name, weights and input side), the outputs its ``term`` reads and
+    their widths against the student's head (without a term: a cached embedding against the CLIP head)."""
     key = f"teacher.{name or stream}.cache"
     node = teacher if teacher is not None else cfg.teacher[stream]
     # The cache must hold teacher.<name>'s outputs; a teacher given inline (no name) is checked by identity.
@@ -311,22 +311,32 @@ def open_teacher_cache(
         cache = TeacherCache(directory, kind)
     except ValueError as error:
         raise type(error)(f"{key}: {error}") from None
-    missing = [output for output in outputs if output not in cache.manifest.output_names]
+    manifest = cache.manifest
+    outputs = term.cache_outputs if term is not None else ()
+    missing = [output for output in outputs if output not in manifest.output_names]
     if missing:
         raise ValueError(
-            f"{key}: {directory} holds the outputs {cache.manifest.output_names}, "
-            f"its term reads {list(outputs)}"
+            f"{key}: {directory} holds the outputs {manifest.output_names}, its term reads {list(outputs)}"
         )
-    side, configured = cache.manifest.input_size, node.get("image_size")
+    side, configured = manifest.input_size, node.get("image_size")
     if side is not None and configured is not None and int(configured) != side:
         raise ValueError(
             f"{key}: {directory} holds the teacher's outputs of {side} px views, teacher.{name or stream}.image_size "
             f"is {configured}"
         )
-    embed_dim = getattr(cache.manifest, "embed_dim", None)
-    if model is not None and embed_dim is not None and embed_dim != model.config.clip_embed_dim:
+    if model is not None and term is not None:
+        shapes = {n: spec.get("shape") for n, spec in (manifest.outputs or {}).items()}
+        try:
+            term.check_cached(shapes, model)
+        except ValueError as error:
+            raise ValueError(f"{key}: {directory} {error}") from None
+    elif (
+        model is not None
+        and manifest.embed_dim is not None
+        and manifest.embed_dim != model.config.clip_embed_dim
+    ):
         raise ValueError(
-            f"{key}: {directory} holds {embed_dim}-d embeddings but the student's CLIP head "
+            f"{key}: {directory} holds {manifest.embed_dim}-d embeddings but the student's CLIP head "
             f"has clip_embed_dim={model.config.clip_embed_dim}"
         )
     try:
@@ -394,8 +404,12 @@ def _open_stream_cache(
     # A teacher given inline in its term has no name a cache could carry: its identity alone is checked.
     name = key.removeprefix("teacher.") if key.startswith("teacher.") and key.count(".") == 1 else None
     nodes = term_nodes(cfg, stage.task)
-    outputs = TERM_KINDS.get(str(nodes[term].kind)).cache_outputs if term in nodes else ()
-    return open_teacher_cache(cfg, stream, model, teacher, name=name, outputs=outputs)
+    built = None
+    if term in nodes:
+        values = OmegaConf.to_container(nodes[term], resolve=True)
+        values.update(teacher=None, loss=None)
+        built = build_term(term, values)
+    return open_teacher_cache(cfg, stream, model, teacher, name=name, term=built)
 
 
 def validation_evaluators(cfg: DictConfig, stage: str) -> list[str]:

@@ -214,6 +214,13 @@ def test_bad_names_and_mismatched_caches_are_one_line_errors_naming_the_key(
     cfg = _compose(run_dir, f"teacher.sam.cache={run_dir / 'dino_cache'}")
     with pytest.raises(StaleCacheError, match=r"teacher.sam.cache: .* holds dino teacher outputs, not sam's"):
         builder.build_streams(cfg, builder.build_stage(cfg, "multitask"), ENV)
+    cfg = _compose(run_dir, f"teacher.dino.cache={run_dir / 'dino_cache'}", "model.adaptors={dino: 16}")
+    model = builder.build_model(cfg, from_sam_checkpoint=False)
+    with pytest.raises(
+        ValueError,
+        match=r"teacher.dino.cache: .* holds 32-d features but the student's adaptor dino has width 16",
+    ):
+        builder.build_streams(cfg, builder.build_stage(cfg, "head_probe"), ENV, model)
     cfg = _compose(run_dir, f"teacher.dino.cache={run_dir / 'dino_cache'}", "teacher.dino.image_size=56")
     with pytest.raises(
         ValueError, match=rf"teacher.dino.cache: .* {SIDE} px views, teacher.dino.image_size is 56"

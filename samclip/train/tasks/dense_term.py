@@ -13,7 +13,7 @@ holds the same transform; a resumed stage fits the same images again and gets th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -97,6 +97,15 @@ class DenseFeatureTerm(DistillTerm):
             raise ValueError(
                 f"the {self.name} teacher {getattr(self.teacher, 'model_name', '')} has {self.teacher.feature_dim}-d "
                 f"features but the student's adaptor {self.head} has width {width} (model.adaptors.{self.head})"
+            )
+
+    def check_cached(self, shapes: Mapping[str, Sequence[int] | None], student: SamClipModel) -> None:
+        shape = shapes.get("summary")
+        width = student.config.adaptor_dim(self.head)
+        if shape and shape[-1] != width:
+            raise ValueError(
+                f"holds {shape[-1]}-d features but the student's adaptor {self.head} has width {width} "
+                f"(model.adaptors.{self.head})"
             )
 
     def request(self) -> StudentRequest:

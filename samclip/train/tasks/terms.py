@@ -9,7 +9,7 @@ plus ``masks`` (L_sam). The dense-feature kind (DINOv2) lives in :mod:`samclip.t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -94,6 +94,9 @@ class DistillTerm:
     def check_student(self, student: SamClipModel) -> None:
         """Raise if the student's head cannot be compared with the teacher (dimensions)."""
 
+    def check_cached(self, shapes: Mapping[str, Sequence[int] | None], student: SamClipModel) -> None:
+        """Raise if a cache's outputs (per-image shapes by name; None: not recorded) do not fit the student."""
+
     def to(self, device: torch.device) -> DistillTerm:
         for module in (self.teacher, self.loss_fn):
             if module is not None:
@@ -175,13 +178,23 @@ class EmbeddingTerm(DistillTerm):
     def check_student(self, student: SamClipModel) -> None:
         if self.teacher is None:
             return
-        dim = student.config.clip_embed_dim if self.head == CLIP_HEAD else student.config.adaptor_dim(self.head)
-        where = "CLIP head has clip_embed_dim" if self.head == CLIP_HEAD else f"adaptor {self.head} has width"
+        dim, where = self._head_width(student)
         if self.teacher.embed_dim != dim:
             raise ValueError(
                 f"the {self.name} teacher {getattr(self.teacher, 'model_name', '')} embeds in "
                 f"{self.teacher.embed_dim} dimensions but the student's {where}={dim}"
             )
+
+    def check_cached(self, shapes: Mapping[str, Sequence[int] | None], student: SamClipModel) -> None:
+        shape = shapes.get("embedding")
+        dim, where = self._head_width(student)
+        if shape and shape[-1] != dim:
+            raise ValueError(f"holds {shape[-1]}-d embeddings but the student's {where}={dim}")
+
+    def _head_width(self, student: SamClipModel) -> tuple[int, str]:
+        if self.head == CLIP_HEAD:
+            return student.config.clip_embed_dim, "CLIP head has clip_embed_dim"
+        return student.config.adaptor_dim(self.head), f"adaptor {self.head} has width"
 
     def request(self) -> StudentRequest:
         if self.head == CLIP_HEAD:
