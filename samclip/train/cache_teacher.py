@@ -36,7 +36,7 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(config_dir("train.yaml")), version_base="1.3"):
             return compose("train", overrides=list(overrides))
     except HydraException as error:
-        raise ValueError(f"cache-teacher: the train config with {list(overrides)}: {error}") from None
+        raise ValueError(f"the train config with {list(overrides)}: {error}") from None
 
 
 def apply_teacher_flags(cfg: DictConfig, name: str, model_name: str | None, pretrained: str | None) -> None:
@@ -54,7 +54,7 @@ def stream_urls(cfg: DictConfig, stream: str) -> list[str]:
     """The shards of ``data.<stream>`` (a pattern, a list, or a weighted list of sources), flat."""
     urls = OmegaConf.select(cfg, f"data.{stream}.urls")
     if urls is None:
-        raise ValueError(f"cache-teacher: no URLS given and data.{stream}.urls is not set")
+        raise ValueError(f"no URLS given and data.{stream}.urls is not set")
     values = OmegaConf.to_container(urls, resolve=True) if OmegaConf.is_config(urls) else urls
     if isinstance(values, str):
         return [values]
@@ -110,7 +110,7 @@ def cache_teacher(args: argparse.Namespace) -> None:
                 num_views=args.views or recipe_clip_epochs(),
                 crop_scale=_crop_scale(args.crop_scale, stream),
                 view_seed=args.view_seed,
-                image_size=args.image_size or get_model_config(cfg.model.name).image_size,
+                image_size=_frame(args.image_size, cfg, plan),
                 keep_ids=manifest_ids(manifest),
             ),
             batch_size=args.batch_size,
@@ -143,6 +143,13 @@ def cache_teacher(args: argparse.Namespace) -> None:
                 )
     finally:
         shutdown(env)
+
+
+def _frame(flag: int | None, cfg: DictConfig, plan: TeacherCachePlan) -> int:
+    """The D_SAM frame: ``--image-size``, else the student's (which the stream's resolution must equal)."""
+    if flag is not None or plan.stream_kind != "prompted_images":
+        return flag or 1024  # unused for crop views
+    return get_model_config(cfg.model.name).image_size
 
 
 def _crop_scale(flag: Sequence[float] | None, stream: Any) -> tuple[float, float]:

@@ -35,9 +35,7 @@ def plan_teacher_cache(cfg: DictConfig, name: str) -> TeacherCachePlan:
     """The plan for caching ``teacher.<name>``; a ValueError naming the key when the config cannot say."""
     teachers = list(cfg.get("teacher") or {})
     if name not in teachers:
-        raise ValueError(
-            f"cache-teacher: unknown teacher {name!r}; the config's teachers are {teachers} (teacher.<name>)"
-        )
+        raise ValueError(f"unknown teacher {name!r}; the config's teachers are {teachers} (teacher.<name>)")
     readers = []
     for task_name, task in (cfg.get("tasks") or {}).items():
         terms = task.get("terms")
@@ -59,19 +57,19 @@ def plan_teacher_cache(cfg: DictConfig, name: str) -> TeacherCachePlan:
             readers.append((key, term.stream, kinds[term.stream], TERM_KINDS.get(term.kind)))
     if not readers:
         raise ValueError(
-            f"cache-teacher: teacher.{name} is read by no distillation term (a tasks.<task>.terms.<term>.teacher "
+            f"teacher.{name} is read by no distillation term (a tasks.<task>.terms.<term>.teacher "
             f"of ${{teacher.{name}}}), so nothing says which stream it reads and which outputs to store"
         )
     ways = {(stream, kind, term_kind) for _, stream, kind, term_kind in readers}
     if len(ways) > 1:
         raise ValueError(
-            f"cache-teacher: teacher.{name} is read by terms of different streams or kinds "
+            f"teacher.{name} is read by terms of different streams or kinds "
             f"({', '.join(f'{key}: {stream} stream, {t.kind}' for key, stream, _, t in readers)}): one cache cannot serve both"
         )
     ((stream, stream_kind, term_kind),) = ways
     if not term_kind.cache_outputs:
         raise ValueError(
-            f"cache-teacher: teacher.{name} is read by a {term_kind.kind} term ({readers[0][0]}), whose teacher "
+            f"teacher.{name} is read by a {term_kind.kind} term ({readers[0][0]}), whose teacher "
             "outputs cannot be cached"
         )
     return TeacherCachePlan(name, stream, stream_kind, term_kind, tuple(key for key, *_ in readers))

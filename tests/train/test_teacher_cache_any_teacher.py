@@ -210,6 +210,20 @@ def test_bad_names_and_mismatched_caches_are_one_line_errors_naming_the_key(
              "+teacher.orphan._target_=toy_teacher.MeanColourTeacher"]
         )  # fmt: skip
     assert "teacher.orphan is read by no distillation term" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        data_cli(
+            [
+                "cache-teacher",
+                "dino",
+                "--out",
+                str(tmp_path / "x"),
+                f"run_dir={run_dir}",
+                *COMMON,
+                "nosuch.key=1",
+            ]
+        )
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "nosuch.key" in error
     # A dense teacher's cache is not the SAM teacher's, nor a cache of another input side.
     cfg = _compose(run_dir, f"teacher.sam.cache={run_dir / 'dino_cache'}")
     with pytest.raises(StaleCacheError, match=r"teacher.sam.cache: .* holds dino teacher outputs, not sam's"):
