@@ -349,10 +349,6 @@ class TeacherCache:
         }
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
-    def sam_entry(self, url: str, key: str) -> CachedOutputs:
-        """The outputs of a D_SAM frame (the SAM image embedding [256, h, w]) of sample ``key`` of ``url``."""
-        return self.entry(url, key)
-
 
 def stack_outputs(entries: Sequence[CachedOutputs]) -> CachedOutputs | None:
     """Per-sample cached outputs -> the batch's (stacked per output name); None for no entries."""

@@ -312,6 +312,10 @@ def open_teacher_cache(
     except ValueError as error:
         raise type(error)(f"{key}: {error}") from None
     manifest = cache.manifest
+    if term is not None and not term.cache_outputs:
+        raise ValueError(
+            f"{key}: the {term.kind} term {term.name} names no teacher outputs a cache could hold"
+        )
     outputs = term.cache_outputs if term is not None else ()
     missing = [output for output in outputs if output not in manifest.output_names]
     if missing:
