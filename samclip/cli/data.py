@@ -77,7 +77,7 @@ def _preview(args: argparse.Namespace) -> None:
 
 
 def _cache_teacher(args: argparse.Namespace) -> None:
-    from samclip.data.cache_teacher_cli import cache_teacher
+    from samclip.train.cache_teacher import cache_teacher
 
     cache_teacher(args)
 
@@ -139,7 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     add_cache_teacher_parser(commands, _cache_teacher)
 
     argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # cache-teacher's KEY=VALUE overrides may follow its options, where argparse no longer takes positionals.
+    if args.command == "cache-teacher" and extra and not any(a.startswith("-") for a in extra):
+        args.inputs += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     with user_errors(f"samclip-data {args.command}", debug=debug or None):
         args.func(args)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from samclip.data.images import uint8_to_unit
+from samclip.data.teacher_cache import CachedOutputs, map_outputs
 from samclip.models.preprocess import SAM_PAD_VALUE
 from samclip.models.prompts import SamPrompts
 
@@ -43,7 +44,8 @@ class ClipBatch:
     keys: list[str] = field(default_factory=list)  # sample keys, for debugging and resume checks
     # (h, w) of each image before SAM-frame padding, for batches framed as SAM frames its input; else None.
     frame_sizes: torch.Tensor | None = None
-    teacher_embeds: torch.Tensor | None = None  # [B, D] the CLIP teacher's cached embeddings of these views
+    # A teacher cache's outputs of these views: [B, D] (one output, the CLIP teacher's embedding), or by name.
+    teacher_embeds: CachedOutputs | None = None
 
     def to(self, device: torch.device | str) -> ClipBatch:
         framed = self.frame_sizes is not None and self.images.dtype == torch.uint8
@@ -54,7 +56,7 @@ class ClipBatch:
         return replace(
             self,
             images=images,
-            teacher_embeds=None if embeds is None else embeds.to(device, non_blocking=True),
+            teacher_embeds=map_outputs(embeds, lambda t: t.to(device, non_blocking=True)),
         )
 
     def pin_memory(self) -> ClipBatch:
@@ -62,7 +64,7 @@ class ClipBatch:
         return replace(
             self,
             images=self.images.pin_memory(),
-            teacher_embeds=None if embeds is None else embeds.pin_memory(),
+            teacher_embeds=map_outputs(embeds, torch.Tensor.pin_memory),
         )
 
 
@@ -82,7 +84,8 @@ class SamBatch:
     prompts: list[SamPrompts]
     gt_masks: list[torch.Tensor] | None = None  # per image [N_i, S, S] bool
     keys: list[str] = field(default_factory=list)
-    teacher_embeds: torch.Tensor | None = None  # [B, 256, h, w] the SAM teacher's cached image embeddings
+    # A teacher cache's outputs of these images: [B, 256, h, w] (the SAM teacher's image embeddings), or by name.
+    teacher_embeds: CachedOutputs | None = None
 
     def to(self, device: torch.device | str) -> SamBatch:
         convert = self.images.dtype == torch.uint8
@@ -93,7 +96,7 @@ class SamBatch:
         return replace(
             self,
             images=images,
-            teacher_embeds=None if embeds is None else embeds.to(device, non_blocking=True),
+            teacher_embeds=map_outputs(embeds, lambda t: t.to(device, non_blocking=True)),
             input_sizes=self.input_sizes.to(device, non_blocking=True),
             original_sizes=self.original_sizes.to(device, non_blocking=True),
             prompts=[p.to(device) for p in self.prompts],
@@ -107,5 +110,5 @@ class SamBatch:
             self,
             images=self.images.pin_memory(),
             gt_masks=None if self.gt_masks is None else [m.pin_memory() for m in self.gt_masks],
-            teacher_embeds=None if self.teacher_embeds is None else self.teacher_embeds.pin_memory(),
+            teacher_embeds=map_outputs(self.teacher_embeds, torch.Tensor.pin_memory),
         )

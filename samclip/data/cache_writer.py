@@ -1,8 +1,10 @@
-"""``samclip-data cache-teacher``: run a frozen teacher once over the data and store its outputs.
+"""``samclip-data cache-teacher NAME``: run a frozen teacher once over the data and store its named outputs.
 
 Runs as one process or under ``torchrun`` (rank r writes the shards r, r + world, ...). A finished
 sidecar is recorded in ``DIR/done/``; a rerun skips those, so an interrupted run resumes. ``verify``
-recomputes random cached entries with the teacher online and reports the largest deviation.
+recomputes random cached entries with the teacher online and reports the largest deviation. What the
+teacher reads comes from :mod:`samclip.data.cache_inputs` (by stream kind); what it outputs is ``encode``
+(by the kind of the term that reads it, ``samclip.train.teacher_cache_plan``).
 """
 
 from __future__ import annotations
@@ -11,24 +13,27 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from samclip.data.bad_samples import BadSample
-from samclip.data.clip_stream import CropView, decode_clip_sample, draw_crop_view, render_crop_view
-from samclip.data.images import decode_image, to_tensor
+from samclip.data.cache_inputs import CacheInputs, cache_inputs, inputs_of_manifest
 from samclip.data.manifest import read_manifest
-from samclip.data.sa1b import image_id_from_key
 from samclip.data.shards import expand_urls, iter_shard
 from samclip.data.teacher_cache import (
     DONE_DIR,
+    FORMAT1_MEMBER,
+    FORMAT1_STREAM_KINDS,
+    FORMAT_VERSION,
+    MANIFEST,
+    VIEWS_MEMBER,
     CacheManifest,
     SidecarShard,
     StaleCacheError,
@@ -38,11 +43,18 @@ from samclip.data.teacher_cache import (
     npy_bytes,
     shard_names,
     shard_size,
-    view_generator,
 )
-from samclip.models.preprocess import SAM_PAD_VALUE, pad_to_square, resized_longest_side_shape
 
 logger = logging.getLogger(__name__)
+
+# A teacher's named outputs of a batch of its inputs [N, 3, S, S] -> {name: [N, ...]}.
+TeacherOutputs = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The outputs of the two teachers of format 1, for a writer built by hand with kind clip or sam.
+FORMAT1_OUTPUTS: dict[str, Callable[[torch.nn.Module], TeacherOutputs]] = {
+    "clip": lambda teacher: lambda x: {"embedding": teacher.encode_image(x)},
+    "sam": lambda teacher: lambda x: {"embedding": teacher.image_embeddings(x)},
+}
 
 
 @dataclass
@@ -55,19 +67,10 @@ class ShardRecord:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
 
 
-def sam_frame_image(jpg: bytes, image_size: int) -> torch.Tensor:
-    """An SA-1B image as D_SAM frames it for the teacher: longest side to ``image_size``, padded; [3, S, S]."""
-    image = decode_image(jpg)
-    height, width = resized_longest_side_shape(image.height, image.width, image_size)
-    resized = to_tensor(image.resize((width, height), Image.Resampling.BILINEAR))
-    return pad_to_square(resized[None], image_size, SAM_PAD_VALUE)[0]
-
-
-def clip_views(
-    image: Image.Image, key: str, num_views: int, crop_scale: tuple[float, float], seed: int
-) -> list[CropView]:
-    rng = view_generator(key, seed)
-    return [draw_crop_view(image.width, image.height, crop_scale, rng) for _ in range(num_views)]
+def output_member(name: str) -> str:
+    """The sidecar member of an output: ``<name>.npy``; ``embedding`` keeps format 1's ``embeds.npy``, so the
+    sidecars of a CLIP or SAM cache are the bytes format 1 wrote."""
+    return FORMAT1_MEMBER if name == "embedding" else f"{name}.npy"
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -77,7 +80,11 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 class CacheWriter:
-    """Writes a cache of ``kind`` for ``teacher`` over ``urls`` into ``out``; ``run()`` does this rank's share."""
+    """Writes the cache of teacher ``kind`` (its name) over ``urls`` into ``out``; ``run()`` does this rank's share.
+
+    ``encode`` gives the teacher's named outputs of a batch of its inputs, ``inputs`` what it reads; both
+    default to format 1's for a ``kind`` of ``clip`` or ``sam`` (the settings below then configure ``inputs``).
+    """
 
     def __init__(
         self,
@@ -87,6 +94,8 @@ class CacheWriter:
         out: str,
         *,
         identity: dict,
+        encode: TeacherOutputs | None = None,
+        inputs: CacheInputs | None = None,
         num_views: int = 1,
         crop_scale: Sequence[float] = (0.9, 1.0),
         view_seed: int = 0,
@@ -98,42 +107,74 @@ class CacheWriter:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        if (encode is None or inputs is None) and kind not in FORMAT1_OUTPUTS:
+            raise ValueError(
+                f"a teacher cache writer of {kind!r} needs encode and inputs (built in: {sorted(FORMAT1_OUTPUTS)})"
+            )
         self.kind = kind
         self.teacher = teacher
+        self.encode = encode or FORMAT1_OUTPUTS[kind](teacher)
+        self.inputs = inputs or cache_inputs(
+            FORMAT1_STREAM_KINDS[kind],
+            input_size=lambda: int(teacher.image_size),
+            num_views=num_views,
+            crop_scale=(float(crop_scale[0]), float(crop_scale[1])),
+            view_seed=view_seed,
+            image_size=image_size,
+            keep_ids=keep_ids,
+        )
         self.shards = expand_urls(urls)
         self.names = shard_names(self.shards)
         self.out = out
         self.batch_size = batch_size
-        self.keep_ids = keep_ids
         self.device = torch.device(device)
         self.autocast = autocast
         self.rank, self.world_size = rank, world_size
-        scale = (float(crop_scale[0]), float(crop_scale[1]))
-        self.manifest = CacheManifest(
-            kind=kind,
-            teacher=identity,
+        self.identity = identity
+
+    def build_manifest(self) -> CacheManifest:
+        """The manifest, its outputs' names and shapes from one forward of the teacher on a blank input."""
+        side = self.inputs.side
+        probe = self._encode(torch.zeros(1, 3, side, side))
+        for name in probe:
+            if not OUTPUT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"teacher {self.kind}: output name {name!r} is not an identifier (a member name)"
+                )
+        outputs = {
+            name: {"member": output_member(name), "shape": list(v.shape[1:])} for name, v in probe.items()
+        }
+        embedding = outputs.get("embedding") if self.inputs.stream_kind == "images" else None
+        return CacheManifest(
+            kind=self.kind,
+            teacher=self.identity,
             shards=[{"name": n, "size": shard_size(u)} for n, u in zip(self.names, self.shards, strict=True)],
-            views_per_sample=num_views if kind == "clip" else None,
-            crop_scale=scale if kind == "clip" else None,
-            view_seed=view_seed,
-            embed_dim=int(teacher.embed_dim) if kind == "clip" else None,
-            image_size=image_size if kind == "sam" else None,
+            embed_dim=embedding["shape"][-1] if embedding else None,
+            stream_kind=self.inputs.stream_kind,
+            outputs=outputs,
+            **self.inputs.manifest_fields(),
         )
 
     def prepare_manifest(self) -> None:
         """Rank 0: write the manifest, or check that an existing one (a resumed run) describes the same cache."""
         path = Path(self.out)
-        if (path / "manifest.json").is_file():
-            existing = CacheManifest.read(path).to_json()
-            ours = self.manifest.to_json()
-            differing = sorted(k for k in ours if existing.get(k) != ours[k])
+        ours = self.build_manifest()
+        if (path / MANIFEST).is_file():
+            read = CacheManifest.read(path)
+            if read.version != FORMAT_VERSION:
+                raise StaleCacheError(
+                    f"{path / MANIFEST}: a format-{read.version} cache (still readable for training) cannot be "
+                    f"extended by this samclip (format {FORMAT_VERSION}): use another --out"
+                )
+            existing, wanted = read.to_json(), ours.to_json()
+            differing = sorted(k for k in wanted if existing.get(k) != wanted[k])
             if differing:
                 raise StaleCacheError(
                     f"{path} already holds a cache of other settings ({', '.join(differing)} differ; "
                     f"it was written by {describe_teacher(existing['teacher'])}): use another --out"
                 )
             return
-        self.manifest.write(path)
+        ours.write(path)
 
     def my_shards(self) -> list[tuple[str, str]]:
         return [
@@ -164,20 +205,17 @@ class CacheWriter:
         partial = sidecar.with_name(sidecar.name + ".partial")
         record = ShardRecord()
         with tarfile.open(partial, "w") as tar:
-            for keys, inputs, extras in self._batches(url, record):
+            for samples, inputs in self._batches(url, record):
                 outputs = self._encode(inputs)
                 start = 0
-                for key, extra in zip(keys, extras, strict=True):
-                    if self.kind == "clip":
-                        count = len(extra)
-                        _add_member(tar, f"{key}.views.npy", npy_bytes(extra))
-                        _add_member(
-                            tar, f"{key}.embeds.npy", npy_bytes(bf16_bits(outputs[start : start + count]))
-                        )
-                        start += count
-                    else:
-                        _add_member(tar, f"{key}.embeds.npy", npy_bytes(bf16_bits(outputs[start])))
-                        start += 1
+                for sample in samples:
+                    count = len(sample.inputs)
+                    if sample.views is not None:
+                        _add_member(tar, f"{sample.key}.{VIEWS_MEMBER}", npy_bytes(sample.views))
+                    for output, values in outputs.items():
+                        rows = values[start : start + count] if sample.views is not None else values[start]
+                        _add_member(tar, f"{sample.key}.{output_member(output)}", npy_bytes(bf16_bits(rows)))
+                    start += count
                     record.samples += 1
         partial.replace(sidecar)
         record.bytes = sidecar.stat().st_size
@@ -186,52 +224,32 @@ class CacheWriter:
         done.write_text(json.dumps(record.__dict__) + "\n")
         return record
 
-    def _batches(self, url: str, record: ShardRecord) -> Iterator[tuple[list[str], torch.Tensor, list]]:
-        """(keys, teacher inputs, per-key extras) of about ``batch_size`` images, bad samples counted."""
-        keys: list[str] = []
+    def _batches(self, url: str, record: ShardRecord) -> Iterator[tuple[list, torch.Tensor]]:
+        """(samples, their teacher inputs stacked) of about ``batch_size`` inputs, bad samples counted."""
+        samples: list = []
         inputs: list[torch.Tensor] = []
-        extras: list = []
         for _, raw in iter_shard(url, 0, 1, 0):
-            key = raw["__key__"]
             try:
-                if self.kind == "clip":
-                    key, image = decode_clip_sample(raw)
-                    views = clip_views(
-                        image,
-                        key,
-                        self.manifest.views_per_sample,
-                        self.manifest.crop_scale,
-                        self.manifest.view_seed,
-                    )
-                    inputs.extend(render_crop_view(image, v, self.teacher.image_size) for v in views)
-                    extras.append(
-                        np.array([[v.left, v.top, v.width, v.height, int(v.flip)] for v in views], np.int32)
-                    )
-                else:
-                    if self.keep_ids is not None and image_id_from_key(key) not in self.keep_ids:
-                        continue
-                    if "jpg" not in raw:
-                        raise BadSample("no_image", f"files: {sorted(raw)}")
-                    inputs.append(sam_frame_image(raw["jpg"], self.manifest.image_size))
-                    extras.append(None)
+                sample = self.inputs.sample(raw)
             except BadSample as bad:
                 record.skip(bad.kind)
-                logger.warning("%s: skipped %s (%s: %s)", url, key, bad.kind, bad.detail)
+                logger.warning("%s: skipped %s (%s: %s)", url, raw["__key__"], bad.kind, bad.detail)
                 continue
-            keys.append(key)
+            if sample is None:
+                continue
+            samples.append(sample)
+            inputs.extend(sample.inputs)
             if len(inputs) >= self.batch_size:
-                yield keys, torch.stack(inputs), extras
-                keys, inputs, extras = [], [], []
-        if keys:
-            yield keys, torch.stack(inputs), extras
+                yield samples, torch.stack(inputs)
+                samples, inputs = [], []
+        if samples:
+            yield samples, torch.stack(inputs)
 
     @torch.no_grad()
-    def _encode(self, inputs: torch.Tensor) -> torch.Tensor:
+    def _encode(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs = inputs.to(self.device)
         with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):
-            if self.kind == "clip":
-                return self.teacher.encode_image(inputs).float()
-            return self.teacher.image_embeddings(inputs).float()
+            return {name: value.float() for name, value in self.encode(inputs).items()}
 
 
 @dataclass
@@ -241,17 +259,19 @@ class Verification:
 
 
 def verify_cache(
-    kind: str,
-    teacher: torch.nn.Module,
+    encode: TeacherOutputs,
     directory: str,
     urls: str | Sequence[str],
     num_checks: int,
     *,
+    input_size: Callable[[], int],
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> Verification:
-    """Recompute ``num_checks`` random cached entries online (the stored view for clip) and compare."""
+    """Recompute ``num_checks`` random cached entries online (a stored view for crop views) and compare
+    every output (``input_size``: the teacher's input side, for crop views)."""
     manifest = CacheManifest.read(directory)
+    inputs = inputs_of_manifest(manifest, input_size)
     shards = expand_urls(urls)
     names = shard_names(shards)
     rng = np.random.default_rng(seed)
@@ -275,28 +295,23 @@ def verify_cache(
             if key not in wanted:
                 continue
             sidecar = sidecars[url]
-            cached = from_bf16_bits(sidecar.read(key, "embeds.npy"))
+            pixels, row = inputs.input_of(raw, sidecar, key, rng)
             with torch.no_grad():
-                if kind == "clip":
-                    _, image = decode_clip_sample(raw)
-                    views = sidecar.read(key, "views.npy")
-                    k = int(rng.integers(len(views)))
-                    left, top, width, height, flip = (int(v) for v in views[k])
-                    pixels = render_crop_view(
-                        image, CropView(left, top, width, height, bool(flip)), teacher.image_size
+                online = encode(pixels[None].to(device))
+            for name, spec in (manifest.outputs or {}).items():
+                if name not in online:
+                    raise StaleCacheError(
+                        f"teacher cache {directory}: holds the output {name!r}, the teacher gives {sorted(online)}"
                     )
-                    online = teacher.encode_image(pixels[None].to(device))[0].float().cpu()
-                    cached = cached[k]
-                else:
-                    framed = sam_frame_image(raw["jpg"], manifest.image_size)
-                    online = teacher.image_embeddings(framed[None].to(device))[0].float().cpu()
-            if cached.shape != online.shape:
-                raise StaleCacheError(
-                    f"teacher cache {directory}: {url} {key} holds a {tuple(cached.shape)} embedding, "
-                    f"the teacher gives {tuple(online.shape)}"
-                )
-            scale = float(online.abs().max()) or 1.0
-            worst = max(worst, float((cached - online).abs().max()) / scale)
+                cached = from_bf16_bits(sidecar.read(key, spec["member"], row))
+                value = online[name][0].float().cpu()
+                if cached.shape != value.shape:
+                    raise StaleCacheError(
+                        f"teacher cache {directory}: {url} {key} holds a {tuple(cached.shape)} {name}, "
+                        f"the teacher gives {tuple(value.shape)}"
+                    )
+                scale = float(value.abs().max()) or 1.0
+                worst = max(worst, float((cached - value).abs().max()) / scale)
             checked += 1
     return Verification(checked, worst)
 

@@ -27,7 +27,7 @@ from samclip.data.images import (
 from samclip.data.resolution import VariableResolutionSchedule
 from samclip.data.shards import count_samples, expand_urls
 from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream, epoch_length
-from samclip.data.teacher_cache import StaleCacheError, TeacherCache, from_bf16_bits, view_index
+from samclip.data.teacher_cache import CachedOutputs, StaleCacheError, TeacherCache, stack_outputs, view_index
 from samclip.models.preprocess import resized_longest_side_shape
 
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -197,12 +197,12 @@ class CachedViews:
         seed = self.cache.manifest.view_seed * 1_000_003 + self.stream_seed
         return view_index(key, self.epoch(global_step), num_views, seed)
 
-    def view(self, url: str, key: str, global_step: int) -> tuple[CropView, torch.Tensor]:
-        """The stored view this epoch reads, and the teacher's embedding of it (float32 of the bf16)."""
-        views, embeds = self.cache.clip_entry(url, key)
+    def view(self, url: str, key: str, global_step: int) -> tuple[CropView, CachedOutputs]:
+        """The stored view this epoch reads, and the teacher's outputs of it (float32 of the bf16)."""
+        views = self.cache.views(url, key)
         k = self.index(key, global_step, len(views))
         left, top, width, height, flip = (int(v) for v in views[k])
-        return CropView(left, top, width, height, bool(flip)), from_bf16_bits(embeds[k])
+        return CropView(left, top, width, height, bool(flip)), self.cache.entry(url, key, row=k)
 
 
 class ClipBatchBuilder(BatchBuilder[ClipBatch]):
@@ -234,9 +234,9 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
 
     def _decode_with_view(
         self, raw: dict, resolution: int, sam_frame: bool, rng: np.random.Generator, global_step: int
-    ) -> tuple[str, DecodedPixels, CropView, torch.Tensor | None]:
+    ) -> tuple[str, DecodedPixels, CropView, CachedOutputs | None]:
         """The sample decoded at the smallest scale its training view allows, that view, and the cached
-        teacher embedding of it (None when the stream has no cache).
+        teacher outputs of it (None when the stream has no cache).
 
         Online, the view is drawn from the stored size before decoding; a sample that turns out bad gives
         its draws back, so the views of the samples after it are the ones a full decode would have drawn.
@@ -293,7 +293,7 @@ class ClipBatchBuilder(BatchBuilder[ClipBatch]):
             resolution=resolution,
             keys=keys,
             frame_sizes=torch.tensor(frame_sizes, dtype=torch.int64) if framed else None,
-            teacher_embeds=torch.stack(targets) if targets else None,
+            teacher_embeds=stack_outputs(targets),
         )
 
     def _build_reference(
@@ -351,8 +351,9 @@ class ClipStream(ShardedStream[ClipBatch]):
     ``split`` = ``train`` / ``held_out`` keeps the samples whose key is outside / inside the held-out
     ``holdout_fraction`` (a keyed hash of the key with ``holdout_seed``; see ``samclip.data.holdout``);
     ``all`` keeps every sample. A counted ``num_samples`` counts only the kept keys.
-    ``teacher_cache``: a directory of ``samclip-data cache-teacher clip``; each sample then renders the
-    view stored for this epoch and the batch carries the teacher's stored embedding of it.
+    ``teacher_cache``: a directory of ``samclip-data cache-teacher NAME`` of a teacher that read this
+    stream's crop views; each sample then renders the view stored for this epoch and the batch carries the
+    teacher's stored outputs of it (``teacher_embeds``).
     """
 
     def __init__(
@@ -440,7 +441,7 @@ def open_clip_cache(
         raise ValueError(
             f"teacher cache {directory}: a cache replays training views; an eval stream has none"
         )
-    cache = TeacherCache(directory, "clip")
+    cache = TeacherCache(directory, stream_kind="images")
     if cache.manifest.crop_scale != crop_scale:
         raise StaleCacheError(
             f"teacher cache {directory} drew its views with crop_scale {list(cache.manifest.crop_scale or ())}, "

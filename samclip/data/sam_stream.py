@@ -28,7 +28,7 @@ from samclip.data.sa1b import (
 )
 from samclip.data.shards import count_samples, expand_urls
 from samclip.data.stream import BatchBuilder, SampleReader, ShardedStream, epoch_length
-from samclip.data.teacher_cache import TeacherCache, open_sam_cache
+from samclip.data.teacher_cache import TeacherCache, open_sam_cache, stack_outputs
 from samclip.models.preprocess import SAM_PAD_VALUE, pad_to_square, resized_longest_side_shape
 from samclip.models.prompts import SamPrompts
 
@@ -243,7 +243,7 @@ class SamBatchBuilder(BatchBuilder[SamBatch]):
             )
             samples.append(sample)
             if self.cache is not None:
-                cached.append(self.cache.sam_entry(url, sample.key))
+                cached.append(self.cache.entry(url, sample.key))
         prompts = []
         for index, sample in enumerate(samples):
             prompts.extend(replace(p, image_index=index) for p in sample.prompts)
@@ -263,7 +263,7 @@ class SamBatchBuilder(BatchBuilder[SamBatch]):
             prompts=prompts,
             gt_masks=gt_masks,
             keys=[s.key for s in samples],
-            teacher_embeds=torch.stack(cached) if cached else None,
+            teacher_embeds=stack_outputs(cached),
         )
 
 
@@ -275,7 +275,8 @@ class SamStream(ShardedStream[SamBatch]):
     An epoch is ``steps_per_epoch`` steps, by default the manifest's size (or the number of images) over
     the global batch. ``min_mask_area`` is in pixels of the original image. ``return_gt_masks`` adds the
     sampled masks in the SAM frame (large: [N, S, S] bool per image; distillation does not need them).
-    ``teacher_cache``: a directory of ``samclip-data cache-teacher sam``; batches carry its image embeddings.
+    ``teacher_cache``: a directory of ``samclip-data cache-teacher NAME`` of a teacher that read D_SAM frames;
+    batches carry its outputs (the SAM teacher's image embeddings).
     """
 
     def __init__(

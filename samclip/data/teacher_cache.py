@@ -1,13 +1,22 @@
 """Teacher-embedding caches: the frozen teachers' outputs computed once, stored beside the data, replayed.
 
-Layout of a cache directory (written by ``samclip-data cache-teacher``)::
+Layout of a cache directory (written by ``samclip-data cache-teacher NAME``)::
 
-    DIR/manifest.json         kind (clip | sam), the teacher's identity, the data shards (name, size),
-                              and for clip: views_per_sample (K), crop_scale, view_seed, embed_dim
+    DIR/manifest.json         kind (the teacher's name, ``teacher.<kind>``), the teacher's identity, the data
+                              shards (name, size), stream_kind (what the teacher read: ``images``, D_CLIP crop
+                              views, or ``prompted_images``, D_SAM frames), outputs (name -> member, shape),
+                              for images: views_per_sample (K), crop_scale, view_seed, input_size (the
+                              teacher's side); for frames: image_size
     DIR/<shard name>          one webdataset tar per data shard, the same relative name, with per sample
-                              <key>.views.npy   int32 [K, 5]: left, top, width, height, flip  (clip only)
-                              <key>.embeds.npy  int16 [K, D] (clip) or [256, 64, 64] (sam): bf16 bits
+                              <key>.views.npy   int32 [K, 5]: left, top, width, height, flip  (images only)
+                              <key>.<output>.npy  int16 bf16 bits per named output: [K, ...] for images
+                                                (``embedding`` [K, D], member ``embeds.npy`` as in format 1;
+                                                a dense teacher's ``summary`` [K, D] and ``patches``
+                                                [K, D, h, w]), [...] for frames (SAM: [256, 64, 64])
     DIR/done/<shard name>.json  the record of a finished sidecar (samples, skipped, bytes); resume skips it
+
+Format 1 (kind ``clip`` or ``sam``, one output in ``<key>.embeds.npy``, no stream_kind or outputs) is read
+as format 2 with that one output named ``embedding``; its sidecars are format 2's.
 
 A D_CLIP sample's K views are drawn by the stream's own rule (``draw_crop_view``) from a generator of
 (view_seed, key); in epoch ``e`` training replays view ``(e + offset(key)) % K``, so K epochs never
@@ -35,8 +44,14 @@ from samclip.data.shards import is_local
 
 MANIFEST = "manifest.json"
 DONE_DIR = "done"
-FORMAT_VERSION = 1
-KINDS = ("clip", "sam")
+FORMAT_VERSION = 2
+# What a cached teacher read, by the kind of the stream its term reads (samclip.train.tasks.STREAM_KINDS).
+CACHE_STREAM_KINDS = ("images", "prompted_images")
+# Format 1: a kind (the teacher then named clip or sam), its stream kind, and its one output's member.
+FORMAT1_STREAM_KINDS = {"clip": "images", "sam": "prompted_images"}
+FORMAT1_MEMBER = "embeds.npy"
+VIEWS_MEMBER = "views.npy"
+CachedOutputs = torch.Tensor | dict[str, torch.Tensor]
 
 
 class StaleCacheError(ValueError):
@@ -141,7 +156,8 @@ class SidecarShard:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_file": None}
 
-    def read(self, key: str, ext: str) -> np.ndarray:
+    def read(self, key: str, ext: str, row: int | None = None) -> np.ndarray:
+        """The member ``<key>.<ext>``, or only its row ``row`` (a view of a dense output is a small part of it)."""
         entry = self.index.get(key, {}).get(ext)
         if entry is None:
             raise StaleCacheError(
@@ -151,19 +167,43 @@ class SidecarShard:
         if self._file is None:
             self._file = open(self.path, "rb")  # noqa: SIM115 - held for the worker's life
         self._file.seek(entry[0])
-        return read_npy(self._file.read(entry[1]))
+        if row is None:
+            return read_npy(self._file.read(entry[1]))
+        return self._read_row(key, ext, entry, row)
+
+    def _read_row(self, key: str, ext: str, entry: tuple[int, int], row: int) -> np.ndarray:
+        file = self._file
+        assert file is not None
+        version = np.lib.format.read_magic(file)
+        header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = header(file)
+        if not shape or not 0 <= row < shape[0]:
+            raise StaleCacheError(
+                f"teacher cache sidecar {self.path}: {key}.{ext} of shape {tuple(shape)} has no row {row}"
+            )
+        if fortran_order:  # np.save writes C order; another writer's file is read whole
+            file.seek(entry[0])
+            return read_npy(file.read(entry[1]))[row]
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        file.seek(file.tell() + row * row_bytes)
+        return np.frombuffer(bytearray(file.read(row_bytes)), dtype=dtype).reshape(shape[1:])
 
 
 @dataclass
 class CacheManifest:
-    kind: str
+    kind: str  # the teacher's name in the train config (teacher.<kind>): clip, sam, dino, ...
     teacher: dict[str, Any]
     shards: list[dict[str, Any]]  # name, size
     views_per_sample: int | None = None
     crop_scale: tuple[float, float] | None = None
     view_seed: int = 0
-    embed_dim: int | None = None
-    image_size: int | None = None  # the D_SAM frame the SAM embeddings were computed in
+    embed_dim: int | None = None  # the width of an images cache's `embedding` (the CLIP head's check)
+    image_size: int | None = None  # the D_SAM frame the teacher's outputs were computed in
+    stream_kind: str | None = None  # images | prompted_images (CACHE_STREAM_KINDS)
+    input_size: int | None = None  # the side the teacher saw the crop views at (its configured image_size)
+    outputs: dict[str, dict[str, Any]] | None = None  # name -> {member: "<name>.npy", shape: per image}
     version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -181,14 +221,31 @@ class CacheManifest:
             manifest = cls(**values)
         except (json.JSONDecodeError, TypeError) as exn:
             raise StaleCacheError(f"teacher cache {path} is not a cache manifest: {exn}") from exn
-        if manifest.version != FORMAT_VERSION or manifest.kind not in KINDS:
+        if manifest.version == 1 and manifest.kind in FORMAT1_STREAM_KINDS:
+            manifest.stream_kind = FORMAT1_STREAM_KINDS[manifest.kind]
+            shape = [manifest.embed_dim] if manifest.embed_dim is not None else None
+            manifest.outputs = {"embedding": {"member": FORMAT1_MEMBER, "shape": shape}}
+        elif manifest.version == 1:
             raise StaleCacheError(
-                f"teacher cache {path}: format {manifest.version} of kind {manifest.kind!r} is not "
-                f"format {FORMAT_VERSION} of {KINDS}"
+                f"teacher cache {path}: a format-1 manifest of kind {manifest.kind!r}, "
+                f"not one of {sorted(FORMAT1_STREAM_KINDS)}"
+            )
+        elif manifest.version != FORMAT_VERSION:
+            raise StaleCacheError(
+                f"teacher cache {path}: format {manifest.version} is not one this samclip reads (1, {FORMAT_VERSION})"
+            )
+        if manifest.stream_kind not in CACHE_STREAM_KINDS or not manifest.outputs:
+            raise StaleCacheError(
+                f"teacher cache {path}: stream_kind {manifest.stream_kind!r} is not one of {CACHE_STREAM_KINDS} "
+                f"or its outputs ({manifest.outputs!r}) are empty"
             )
         if manifest.crop_scale is not None:
             manifest.crop_scale = (float(manifest.crop_scale[0]), float(manifest.crop_scale[1]))
         return manifest
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.outputs or {})
 
     def write(self, directory: str | os.PathLike) -> None:
         path = Path(directory) / MANIFEST
@@ -205,16 +262,27 @@ def describe_teacher(identity: dict[str, Any]) -> str:
 
 
 class TeacherCache:
-    """A cache directory opened for training: checks it against the teacher and the stream's shards."""
+    """A cache directory opened for training: checks it against the teacher and the stream's shards.
 
-    def __init__(self, directory: str | os.PathLike, kind: str) -> None:
+    ``kind``: the teacher's name the cache must hold (None: any; a stream checks ``stream_kind`` instead,
+    the teacher's name is the task's business).
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike, kind: str | None = None, *, stream_kind: str | None = None
+    ) -> None:
         self.directory = str(directory)
         self.manifest = CacheManifest.read(directory)
-        if self.manifest.kind != kind:
+        if kind is not None and self.manifest.kind != kind:
             raise StaleCacheError(
                 f"teacher cache {directory} holds {self.manifest.kind} teacher outputs, not {kind}'s"
             )
-        self.kind = kind
+        if stream_kind is not None and self.manifest.stream_kind != stream_kind:
+            raise StaleCacheError(
+                f"teacher cache {Path(directory) / MANIFEST}: its {self.manifest.kind} teacher read "
+                f"{self.manifest.stream_kind} (stream kind), this stream is of kind {stream_kind}"
+            )
+        self.kind = self.manifest.kind
         self._sidecars: dict[str, SidecarShard] = {}
         self._sidecar_of_url: dict[str, str] = {}
 
@@ -262,19 +330,47 @@ class TeacherCache:
             self._sidecars[path] = SidecarShard(path)
         return self._sidecars[path]
 
-    def clip_entry(self, url: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(views int32 [K, 5], embeddings as bf16 bits [K, D]) of sample ``key`` of data shard ``url``."""
-        sidecar = self._sidecar(url)
-        return sidecar.read(key, "views.npy"), sidecar.read(key, "embeds.npy")
+    def views(self, url: str, key: str) -> np.ndarray:
+        """The crop views int32 [K, 5] (left, top, width, height, flip) of sample ``key`` of an images cache."""
+        return self._sidecar(url).read(key, VIEWS_MEMBER)
 
-    def sam_entry(self, url: str, key: str) -> torch.Tensor:
-        """The SAM image embedding [256, h, w] (float32 of the stored bf16) of sample ``key`` of ``url``."""
-        return from_bf16_bits(self._sidecar(url).read(key, "embeds.npy"))
+    def clip_entry(self, url: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(views int32 [K, 5], the first output's bf16 bits [K, ...]) of sample ``key`` of data shard ``url``."""
+        first = next(iter(self.manifest.outputs or {}))
+        return self.views(url, key), self._sidecar(url).read(key, self.manifest.outputs[first]["member"])
+
+    def entry(self, url: str, key: str, row: int | None = None) -> CachedOutputs:
+        """The teacher's outputs of sample ``key`` (of view ``row`` in an images cache), float32 of the stored
+        bf16: the tensor of a cache of one output, else a dict by output name."""
+        sidecar = self._sidecar(url)
+        outputs = {
+            name: from_bf16_bits(sidecar.read(key, spec["member"], row))
+            for name, spec in (self.manifest.outputs or {}).items()
+        }
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+
+def stack_outputs(entries: Sequence[CachedOutputs]) -> CachedOutputs | None:
+    """Per-sample cached outputs -> the batch's (stacked per output name); None for no entries."""
+    if not entries:
+        return None
+    if isinstance(entries[0], torch.Tensor):
+        return torch.stack(list(entries))  # type: ignore[arg-type]
+    return {name: torch.stack([e[name] for e in entries]) for name in entries[0]}  # type: ignore[index]
+
+
+def map_outputs(outputs: CachedOutputs | None, fn: Any) -> CachedOutputs | None:
+    """``fn`` applied to the tensor, or to each tensor of a dict of outputs (device moves, pinning)."""
+    if outputs is None:
+        return None
+    if isinstance(outputs, torch.Tensor):
+        return fn(outputs)
+    return {name: fn(value) for name, value in outputs.items()}
 
 
 def open_sam_cache(directory: str, shards: Sequence[str], image_size: int) -> TeacherCache:
-    """The SAM teacher cache for these shards, refused if it misses one or framed the images otherwise."""
-    cache = TeacherCache(directory, "sam")
+    """The D_SAM-frame teacher cache for these shards, refused if it misses one or framed the images otherwise."""
+    cache = TeacherCache(directory, stream_kind="prompted_images")
     if cache.manifest.image_size != image_size:
         raise StaleCacheError(
             f"teacher cache {directory} holds embeddings of a {cache.manifest.image_size} frame, "

@@ -29,7 +29,7 @@ from samclip.train.optim import build_optimizer, set_trainable
 from samclip.train.stages import Stage, TermPlan
 from samclip.train.tasks.base import Task
 from samclip.train.tasks.distill import build_term
-from samclip.train.tasks.terms import TERM_KINDS
+from samclip.train.tasks.terms import TERM_KINDS, DistillTerm
 from samclip.train.tracking import Tracker, WandbLogger
 from samclip.train.validation import PREFIX, BestCheckpoint, Validator, check_keep_best
 
@@ -291,26 +291,77 @@ def stream_caches(cfg: DictConfig, stage: Stage) -> dict[str, tuple[str, DictCon
 
 
 def open_teacher_cache(
-    cfg: DictConfig, stream: str, model: SamClipModel | None = None, teacher: DictConfig | None = None
+    cfg: DictConfig,
+    stream: str,
+    model: SamClipModel | None = None,
+    teacher: DictConfig | None = None,
+    *,
+    name: str | None = None,
+    term: DistillTerm | None = None,
 ) -> str:
     """The teacher's ``cache`` directory (``teacher.<stream>`` by default), checked against the configured
-    teacher (its name and weights) and, for cached embeddings, the student's CLIP head."""
+    teacher (its name ``name``, its model name, weights and input side), the outputs its ``term`` reads and
+    their widths against the student's head (without a term: a cached embedding against the CLIP head)."""
+    key = f"teacher.{name or stream}.cache"
     node = teacher if teacher is not None else cfg.teacher[stream]
+    # The cache must hold teacher.<name>'s outputs; a teacher given inline (no name) is checked by identity.
+    kind = name if teacher is not None else (name or stream)
     directory = str(node.cache)
-    cache = TeacherCache(directory, stream)
-    weights = node.get("pretrained", node.get("checkpoint"))
-    identity = teacher_identity(node.get("model_name", cfg.model.name), weights)
-    embed_dim = getattr(cache.manifest, "embed_dim", None)
-    if model is not None and embed_dim is not None and embed_dim != model.config.clip_embed_dim:
+    try:
+        cache = TeacherCache(directory, kind)
+    except ValueError as error:
+        raise type(error)(f"{key}: {error}") from None
+    manifest = cache.manifest
+    if term is not None and not term.cache_outputs:
         raise ValueError(
-            f"teacher.{stream}.cache: {directory} holds {embed_dim}-d embeddings but the student's CLIP head "
+            f"{key}: the {term.kind} term {term.name} names no teacher outputs a cache could hold"
+        )
+    outputs = term.cache_outputs if term is not None else ()
+    missing = [output for output in outputs if output not in manifest.output_names]
+    if missing:
+        raise ValueError(
+            f"{key}: {directory} holds the outputs {manifest.output_names}, its term reads {list(outputs)}"
+        )
+    side, configured = manifest.input_size, node.get("image_size")
+    if side is not None and configured is not None and int(configured) != side:
+        raise ValueError(
+            f"{key}: {directory} holds the teacher's outputs of {side} px views, teacher.{name or stream}.image_size "
+            f"is {configured}"
+        )
+    if model is not None and term is not None:
+        shapes = {n: spec.get("shape") for n, spec in (manifest.outputs or {}).items()}
+        try:
+            term.check_cached(shapes, model)
+        except ValueError as error:
+            raise ValueError(f"{key}: {directory} {error}") from None
+    elif (
+        model is not None
+        and manifest.embed_dim is not None
+        and manifest.embed_dim != model.config.clip_embed_dim
+    ):
+        raise ValueError(
+            f"{key}: {directory} holds {manifest.embed_dim}-d embeddings but the student's CLIP head "
             f"has clip_embed_dim={model.config.clip_embed_dim}"
         )
     try:
-        cache.check_teacher(identity)
+        cache.check_teacher(configured_identity(cfg, node))
     except ValueError as error:
-        raise type(error)(f"teacher.{stream}.cache: {error}") from None
+        raise type(error)(f"{key}: {error}") from None
     return directory
+
+
+def configured_identity(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
+    """What names a configured teacher in a cache manifest (its model name and weights file or tag)."""
+    weights = node.get("pretrained", node.get("checkpoint"))
+    return teacher_identity(node.get("model_name", cfg.model.name), weights)
+
+
+def build_teacher(cfg: DictConfig, name: str) -> torch.nn.Module:
+    """``teacher.<name>`` built as configured (without the trainer's keys, e.g. its ``cache``)."""
+    node = OmegaConf.to_container(cfg.teacher[name], resolve=True)
+    for key in TEACHER_TRAINER_KEYS:
+        node.pop(key, None)
+    return instantiate(node)
 
 
 def clip_teacher_spec(cfg: DictConfig, run_dir: str | Path | None = None) -> ClipTeacherSpec:
@@ -334,7 +385,9 @@ def build_streams(
         if name not in cfg.data:
             raise ValueError(f"stage.{stage.name} reads the {name} stream but data.{name} is not configured")
         extra = (
-            {"teacher_cache": open_teacher_cache(cfg, name, model, cached[name][1])} if name in cached else {}
+            {"teacher_cache": _open_stream_cache(cfg, stage, name, *cached[name], model)}
+            if name in cached
+            else {}
         )
         try:
             streams[name] = instantiate(
@@ -345,6 +398,22 @@ def build_streams(
                 raise error.__cause__ from None
             raise
     return streams
+
+
+def _open_stream_cache(
+    cfg: DictConfig, stage: Stage, stream: str, term: str, teacher: DictConfig, model: SamClipModel | None
+) -> str:
+    """The cache a stream carries, checked for the term that reads it (its teacher's name and outputs)."""
+    key = _teacher_key(cfg, stage.task, term, teacher)
+    # A teacher given inline in its term has no name a cache could carry: its identity alone is checked.
+    name = key.removeprefix("teacher.") if key.startswith("teacher.") and key.count(".") == 1 else None
+    nodes = term_nodes(cfg, stage.task)
+    built = None
+    if term in nodes:
+        values = OmegaConf.to_container(nodes[term], resolve=True)
+        values.update(teacher=None, loss=None)
+        built = build_term(term, values)
+    return open_teacher_cache(cfg, stream, model, teacher, name=name, term=built)
 
 
 def validation_evaluators(cfg: DictConfig, stage: str) -> list[str]:

@@ -211,7 +211,12 @@ def fit_terms(task: Any, cfg: DictConfig, stage: Stage, env: DistEnv, model: Any
         if not getattr(term, "needs_fit", False) or term.stream not in stage.streams:
             continue
         stream = builder.build_streams(cfg, stage, env, model)[term.stream]
-        images = term.fit((batch.to(env.device).images for batch in stream), env)
+        # Whole batches as micro-batches: they carry the stream's cached teacher outputs, if any.
+        micros = (
+            micro for batch in stream
+            for micro in task.split(term.stream, batch.to(env.device), max(len(batch.images), 1))
+        )  # fmt: skip
+        images = term.fit(micros, env)
         log.info("%s: %s: fitted PHI-S on %d images of the %s stream", stage.name, term.name, images, term.stream)
 
 

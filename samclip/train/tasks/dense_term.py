@@ -13,7 +13,7 @@ holds the same transform; a resumed stage fits the same images again and gets th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -42,6 +42,7 @@ class DenseFeatureTerm(DistillTerm):
 
     kind = "dense"
     part_names = ("summary", "features")
+    cache_outputs = ("summary", "patches")  # before PHI-S: the standardizer is fitted per stage
 
     def __init__(
         self,
@@ -72,7 +73,21 @@ class DenseFeatureTerm(DistillTerm):
 
     @property
     def needs_fit(self) -> bool:
-        return self.teacher is not None and self.standardize == "phi_s" and self.summary_standardizer is None
+        has_outputs = self.teacher is not None or self.cached
+        return has_outputs and self.standardize == "phi_s" and self.summary_standardizer is None
+
+    @classmethod
+    def teacher_outputs(cls, teacher: FrozenTeacher, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            out = teacher.encode(images)
+        return {"summary": out.summary, "patches": out.patches}
+
+    def raw_outputs(self, micro: Micro) -> dict[str, torch.Tensor]:
+        """The teacher's summary and patches of the micro-batch, from the cache or online (not standardized)."""
+        cached = self.cached_outputs(micro)
+        if cached is not None:
+            return cached
+        return self.teacher_outputs(self._require_teacher(micro), micro.images)
 
     def check_student(self, student: SamClipModel) -> None:
         if self.teacher is None:
@@ -84,29 +99,50 @@ class DenseFeatureTerm(DistillTerm):
                 f"features but the student's adaptor {self.head} has width {width} (model.adaptors.{self.head})"
             )
 
+    def check_cached(self, shapes: Mapping[str, Sequence[int] | None], student: SamClipModel) -> None:
+        shape = shapes.get("summary")
+        width = student.config.adaptor_dim(self.head)
+        if shape and shape[-1] != width:
+            raise ValueError(
+                f"holds {shape[-1]}-d features but the student's adaptor {self.head} has width {width} "
+                f"(model.adaptors.{self.head})"
+            )
+
     def request(self) -> StudentRequest:
         return StudentRequest(heads=(self.head,))
 
     @torch.no_grad()
-    def fit(self, images: Iterable[torch.Tensor], env: DistEnv) -> int:
-        """PHI-S statistics of the teacher's summaries and patch tokens on up to ``fit_images`` images per
-        rank, summed over ranks; the number of images used (all ranks)."""
-        teacher = self._require_teacher(Micro(torch.empty(0)))
-        dim = teacher.feature_dim
-        device = next(teacher.parameters()).device
-        sums = [torch.zeros(1 + dim + dim * dim, dtype=torch.float64, device=device) for _ in range(2)]
+    def fit(self, micros: Iterable[Micro], env: DistEnv) -> int:
+        """PHI-S statistics of the teacher's summaries and patch tokens (cached or online) on up to
+        ``fit_images`` images per rank, summed over ranks; the number of images used (all ranks)."""
+        teacher = self.teacher
+        dim = teacher.feature_dim if teacher is not None else None
+        device = next(teacher.parameters()).device if teacher is not None else None
+
+        def zeros(dim: int) -> list[torch.Tensor]:
+            return [torch.zeros(1 + dim + dim * dim, dtype=torch.float64, device=device) for _ in range(2)]
+
+        sums = zeros(dim) if dim is not None else []
         seen = 0
-        for batch in images:
-            batch = batch[: self.fit_images - seen].to(device)
-            out = teacher.encode(batch)
-            tokens = out.patches.flatten(2).transpose(1, 2).reshape(-1, dim)
-            for total, values in zip(sums, (out.summary, tokens), strict=True):
+        for micro in micros:
+            take = self.fit_images - seen
+            cached = self.cached_outputs(micro)
+            if cached is None:  # only the images it uses: the teacher's numerics as a batch of these
+                cached = self.teacher_outputs(self._require_teacher(micro), micro.images[:take])
+            summary, patches = cached["summary"][:take], cached["patches"][:take]
+            if dim is None:  # cached outputs: the width and device from the first batch
+                dim, device = summary.shape[-1], summary.device
+                sums = zeros(dim)
+            tokens = patches.flatten(2).transpose(1, 2).reshape(-1, dim)
+            for total, values in zip(sums, (summary, tokens), strict=True):
                 count, first, second = FeatureStandardizer.moments(values.float())
                 total += torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=device),
                                     first.to(device), second.to(device).flatten()])  # fmt: skip
-            seen += batch.shape[0]
+            seen += summary.shape[0]
             if seen >= self.fit_images:
                 break
+        if dim is None:
+            raise ValueError(f"terms.{self.name}: PHI-S needs at least 2 images to fit, the stream gave none")
         summary, features = (all_reduce_sum(total, env) for total in sums)
         if summary[0] < 2:
             raise ValueError(f"terms.{self.name}: PHI-S needs at least 2 images to fit, the stream gave {int(summary[0])}")
@@ -117,12 +153,11 @@ class DenseFeatureTerm(DistillTerm):
         return int(summary[0].item())
 
     def target(self, micro: Micro) -> DenseTarget:
-        teacher = self._require_teacher(micro)
         if self.needs_fit:
             raise RuntimeError(f"terms.{self.name}: the PHI-S standardizer was not fitted before training")
         with torch.no_grad():
-            out = teacher.encode(micro.images)
-            summary, features = out.summary.float(), out.patches.float()
+            out = self.raw_outputs(micro)
+            summary, features = out["summary"].float(), out["patches"].float()
             if self.summary_standardizer is not None:
                 summary = self.summary_standardizer(summary)
                 features = self.feature_standardizer(features.movedim(1, -1)).movedim(-1, 1)

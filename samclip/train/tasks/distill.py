@@ -77,6 +77,7 @@ class DistillationTask:
         }
         self.cached_terms = dict(cached_terms or {})
         for term in self.terms:
+            term.cached = term.name in self.cached_terms.values()
             term.check_student(student)
         self.weights = {t.name: t.weight for t in self.terms}
         self.term_streams = {t.name: t.stream for t in self.terms}

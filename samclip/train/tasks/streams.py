@@ -2,17 +2,19 @@
 
 ``images`` (D_CLIP): a batch of images; a unit is an image. ``prompted_images`` (D_SAM): images with
 prompt groups; a unit is a mask (a prompt). A batch may carry a teacher cache's outputs for its images
-(``teacher_embeds``); they travel with their images into each micro-batch, for the term that owns the cache.
+(``teacher_embeds``: a tensor, or a dict of named tensors); they travel with their images into each
+micro-batch, for the term that owns the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from samclip.data.teacher_cache import CachedOutputs
 from samclip.models import SamPrompts
 from samclip.train.step import split_clip, split_sam
 from samclip.train.tasks.registry import Registry
@@ -24,7 +26,17 @@ class Micro:
 
     images: torch.Tensor
     prompts: Sequence[SamPrompts] | None = None
-    cached: dict[str, torch.Tensor] = field(default_factory=dict)
+    cached: dict[str, CachedOutputs] = field(default_factory=dict)
+
+
+def split_outputs(
+    cached: CachedOutputs, split: Callable[[torch.Tensor], list[torch.Tensor]]
+) -> list[CachedOutputs]:
+    """Cached outputs cut into micro-batches by ``split`` (each named output alike)."""
+    if isinstance(cached, torch.Tensor):
+        return split(cached)
+    parts = {name: split(value) for name, value in cached.items()}
+    return [dict(zip(parts, values, strict=True)) for values in zip(*parts.values(), strict=True)]
 
 
 class StreamKind(Protocol):
@@ -45,7 +57,7 @@ class ImageStream:
         embeds = getattr(batch, "teacher_embeds", None)
         if embeds is None or cache_owner is None:
             return [Micro(images) for images in chunks]
-        cached = split_clip(embeds, micro_batch_size)
+        cached = split_outputs(embeds, lambda t: split_clip(t, micro_batch_size))
         return [Micro(i, cached={cache_owner: e}) for i, e in zip(chunks, cached, strict=True)]
 
     def num_units(self, micro: Micro) -> int:
@@ -61,10 +73,12 @@ class PromptedImageStream:
         embeds = getattr(batch, "teacher_embeds", None)
         if embeds is None or cache_owner is None:
             return [Micro(images, groups) for images, groups in chunks]
-        cached = split_sam(embeds, batch.prompts, micro_batch_size)
+        cached = split_outputs(
+            embeds, lambda t: [e for e, _ in split_sam(t, batch.prompts, micro_batch_size)]
+        )
         return [
             Micro(images, groups, {cache_owner: e})
-            for (images, groups), (e, _) in zip(chunks, cached, strict=True)
+            for (images, groups), e in zip(chunks, cached, strict=True)
         ]
 
     def num_units(self, micro: Micro) -> int:

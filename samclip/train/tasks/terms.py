@@ -9,7 +9,7 @@ plus ``masks`` (L_sam). The dense-feature kind (DINOv2) lives in :mod:`samclip.t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -52,10 +52,16 @@ class StudentRequest(NamedTuple):
 
 
 class DistillTerm:
-    """The contract of a term; subclasses set ``kind`` and implement the four methods."""
+    """The contract of a term; subclasses set ``kind`` and implement the four methods.
+
+    A term whose teacher can be cached names the teacher outputs it reads (``cache_outputs``) and says
+    how to compute them (:meth:`teacher_outputs`): ``samclip-data cache-teacher`` stores exactly those,
+    and ``target`` gets them back from ``micro.cached`` instead of running the teacher.
+    """
 
     kind: ClassVar[str]
     part_names: tuple[str, ...] = ()
+    cache_outputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, name: str, *, stream: str, weight: float, teacher: FrozenTeacher | None, loss: nn.Module
@@ -65,6 +71,7 @@ class DistillTerm:
         self.weight = float(weight)
         self.teacher = teacher
         self.loss_fn = loss
+        self.cached = False  # the task sets it when this term's teacher outputs come from a cache
 
     @property
     def student_module(self) -> str:
@@ -87,6 +94,9 @@ class DistillTerm:
     def check_student(self, student: SamClipModel) -> None:
         """Raise if the student's head cannot be compared with the teacher (dimensions)."""
 
+    def check_cached(self, shapes: Mapping[str, Sequence[int] | None], student: SamClipModel) -> None:
+        """Raise if a cache's outputs (per-image shapes by name; None: not recorded) do not fit the student."""
+
     def to(self, device: torch.device) -> DistillTerm:
         for module in (self.teacher, self.loss_fn):
             if module is not None:
@@ -97,6 +107,20 @@ class DistillTerm:
     def teacher_with_cache(cls, teacher: dict[str, Any]) -> dict[str, Any] | None:
         """The teacher's config when a cache provides its image outputs: what of it must still run."""
         return None
+
+    @classmethod
+    def teacher_outputs(cls, teacher: FrozenTeacher, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's outputs of ``images`` that a cache stores for this kind of term, by name."""
+        raise ValueError(f"the teacher of a {cls.kind} term cannot be cached (it names no cache outputs)")
+
+    def cached_outputs(self, micro: Micro) -> dict[str, torch.Tensor] | None:
+        """This term's cached teacher outputs of the micro-batch, by name (None: compute them online)."""
+        cached = micro.cached.get(self.name)
+        if cached is None:
+            return None
+        if isinstance(cached, torch.Tensor):  # a cache of one output
+            return {self.cache_outputs[0]: cached}
+        return as_outputs(cached, self.cache_outputs, self.name)
 
     def _require_teacher(self, micro: Micro) -> FrozenTeacher:
         if self.teacher is None:
@@ -111,6 +135,13 @@ class DistillTerm:
 TERM_KINDS: Registry[type[DistillTerm]] = Registry("distillation term kind")
 
 
+def as_outputs(cached: Mapping[str, torch.Tensor], names: tuple[str, ...], term: str) -> dict[str, torch.Tensor]:
+    missing = [name for name in names if name not in cached]
+    if missing:
+        raise ValueError(f"term {term}: its teacher cache holds the outputs {sorted(cached)}, not {missing}")
+    return {name: cached[name] for name in names}
+
+
 def head_module(head: str) -> str:
     return "clip_head" if head == CLIP_HEAD else f"adaptors.{head}"
 
@@ -123,6 +154,7 @@ class EmbeddingTerm(DistillTerm):
     """
 
     kind = "embedding"
+    cache_outputs = ("embedding",)
 
     def __init__(
         self,
@@ -146,26 +178,39 @@ class EmbeddingTerm(DistillTerm):
     def check_student(self, student: SamClipModel) -> None:
         if self.teacher is None:
             return
-        dim = student.config.clip_embed_dim if self.head == CLIP_HEAD else student.config.adaptor_dim(self.head)
-        where = "CLIP head has clip_embed_dim" if self.head == CLIP_HEAD else f"adaptor {self.head} has width"
+        dim, where = self._head_width(student)
         if self.teacher.embed_dim != dim:
             raise ValueError(
                 f"the {self.name} teacher {getattr(self.teacher, 'model_name', '')} embeds in "
                 f"{self.teacher.embed_dim} dimensions but the student's {where}={dim}"
             )
 
+    def check_cached(self, shapes: Mapping[str, Sequence[int] | None], student: SamClipModel) -> None:
+        shape = shapes.get("embedding")
+        dim, where = self._head_width(student)
+        if shape and shape[-1] != dim:
+            raise ValueError(f"holds {shape[-1]}-d embeddings but the student's {where}={dim}")
+
+    def _head_width(self, student: SamClipModel) -> tuple[int, str]:
+        if self.head == CLIP_HEAD:
+            return student.config.clip_embed_dim, "CLIP head has clip_embed_dim"
+        return student.config.adaptor_dim(self.head), f"adaptor {self.head} has width"
+
     def request(self) -> StudentRequest:
         if self.head == CLIP_HEAD:
             return StudentRequest(clip=True)
         return StudentRequest(heads=(self.head,))
 
-    def target(self, micro: Micro) -> torch.Tensor:
-        cached = micro.cached.get(self.name)
-        if cached is not None:
-            return cached
-        teacher = self._require_teacher(micro)
+    @classmethod
+    def teacher_outputs(cls, teacher: FrozenTeacher, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return teacher.encode_image(micro.images)
+            return {"embedding": teacher.encode_image(images)}
+
+    def target(self, micro: Micro) -> torch.Tensor:
+        cached = self.cached_outputs(micro)
+        if cached is not None:
+            return cached["embedding"]
+        return self.teacher_outputs(self._require_teacher(micro), micro.images)["embedding"]
 
     def embeds(self, output: SamClipOutput) -> torch.Tensor:
         return output.clip.image_embeds if self.head == CLIP_HEAD else output.heads[self.head].summary
@@ -191,6 +236,7 @@ class MaskTerm(DistillTerm):
 
     kind = "masks"
     part_names = ("focal", "dice")
+    cache_outputs = ("embedding",)  # SAM's image embedding; the prompt encoder and decoder still run
 
     def __init__(
         self,
@@ -218,16 +264,21 @@ class MaskTerm(DistillTerm):
         """The prompt encoder and mask decoder decode the cached image embeddings."""
         return {**teacher, "image_encoder": False}
 
+    @classmethod
+    def teacher_outputs(cls, teacher: FrozenTeacher, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {"embedding": teacher.image_embeddings(images)}
+
     def request(self) -> StudentRequest:
         return StudentRequest(prompts=True, all_outputs=self.outputs == "all")
 
     def target(self, micro: Micro) -> SamHeadOutput:
         teacher = self._require_teacher(micro)
         all_outputs = self.outputs == "all"
-        cached = micro.cached.get(self.name)
+        cached = self.cached_outputs(micro)
         with torch.no_grad():
             if cached is not None:
-                return teacher.decode(cached, micro.prompts, all_outputs=all_outputs)
+                return teacher.decode(cached["embedding"], micro.prompts, all_outputs=all_outputs)
             return teacher(micro.images, micro.prompts, all_outputs=all_outputs)
 
     def loss(self, output: SamClipOutput, target: SamHeadOutput) -> StreamLoss:
