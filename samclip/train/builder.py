@@ -15,7 +15,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from samclip.data import VariableResolutionSchedule
 from samclip.data.teacher_cache import TeacherCache, teacher_identity
 from samclip.models import SamClipModel
 from samclip.models.final_checkpoint import ClipTeacherSpec
@@ -91,25 +90,9 @@ def plan_run(cfg: DictConfig, env: DistEnv, run_dir: Path) -> list[Stage]:
             terms=plan_terms(cfg, stage.task),
             world_size=env.world_size,
             patch_size=model.config.patch_size,
+            image_size=model.config.image_size,
+            model_name=cfg.model.name,
         )
-        if stage.clip is not None:
-            try:  # the data stream's own rule for the batch at each resolution
-                VariableResolutionSchedule(
-                    stage.clip.resolutions,
-                    stage.clip.batch_size,
-                    stage.clip.base_resolution,
-                    0,
-                    env.world_size,
-                )
-            except ValueError as error:
-                raise ValueError(f"stage.{stage.name}.clip: {error}") from error
-        for stream in ("sam", "instances"):
-            spec = getattr(stage, stream)
-            if spec is not None and spec.resolution != model.config.image_size:
-                raise ValueError(
-                    f"stage.{stage.name}.{stream}.resolution: {spec.resolution} differs from the model's SAM "
-                    f"frame {model.config.image_size} (model {cfg.model.name})"
-                )
     check_validation(cfg, stages)
     for index, stage in enumerate(stages):
         if (
@@ -391,7 +374,7 @@ def build_streams(
         )
         try:
             streams[name] = instantiate(
-                _stream_node(cfg.data[name]), **stage.stream_spec(name).stream_kwargs(), **common, **extra
+                _stream_node(cfg.data[name]), **stage.streams[name].stream_kwargs(), **common, **extra
             )
         except InstantiationException as error:
             if extra and isinstance(error.__cause__, ValueError):  # a stale cache, naming the shard

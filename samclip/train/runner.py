@@ -136,7 +136,7 @@ def run_stage(cfg: DictConfig, stages: list[Stage], index: int, env: DistEnv, ru
     if prepared:
         log.info("%s: teachers: %s", stage.name, ", ".join(prepared))
     # Before the optimizer: a parameter no loss reaches must not be decayed (nor registered with DDP).
-    frozen = task.freeze_without_loss_path(stage.streams)
+    frozen = task.freeze_without_loss_path(tuple(stage.streams))
     if frozen:
         log.info("%s: frozen, no loss path: %s", stage.name, ", ".join(frozen))
     fit_terms(task, cfg, stage, env, model)

@@ -177,7 +177,7 @@ def test_paper_numbers_are_in_the_full_experiment(tmp_path: Path) -> None:
     assert (hp.lr, mt.lr, ra.lr) == (8e-4, 4e-5, 8e-4)
     assert mt.lr_multipliers == {"backbone": 0.1, "sam_head": 0.1}
     assert (hp.schedule_epochs, mt.schedule_epochs, mt.stop_epoch, ra.schedule_epochs) == (20, 20, 16, 3)
-    assert hp.streams == ("clip",) and mt.streams == ("clip", "sam") and ra.streams == ("clip",)
+    assert (list(hp.streams), list(mt.streams), list(ra.streams)) == (["clip"], ["clip", "sam"], ["clip"])
     assert list(hp.clip.resolutions) == [224, 448] and list(ra.clip.resolutions) == [224, 448, 1024]
     assert hp.clip.batch_size == mt.clip.batch_size == ra.clip.batch_size == 2048
     assert (mt.sam.batch_size, mt.sam.masks_per_image, mt.sam.resolution) == (32, 32, 1024)
