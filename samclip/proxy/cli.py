@@ -1,6 +1,7 @@
-"""``samclip-proxy --out DIR [--size test|quick|full] [--seeds S ...] [--three-teachers [--workers N]]``: the
-proxy study (samclip.proxy.study), or with ``--three-teachers`` the study of a third, dense teacher
-(samclip.proxy.three_teachers) on the same world and teachers."""
+"""``samclip-proxy --out DIR [--size test|quick|full] [--seeds S ...] [--three-teachers [--workers N]]
+[--ovsam [--ovsam-size tiny|test]]``: the proxy study (samclip.proxy.study), or with ``--three-teachers`` the
+study of a third, dense teacher (samclip.proxy.three_teachers), or with ``--ovsam`` Open-Vocabulary SAM's
+Table 1 (samclip.proxy.ovsam_study), on the same world and teachers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from samclip.proxy.ovsam_study import OVSAM_STUDY_SIZES, run_ovsam_study
 from samclip.proxy.study import STUDY_SIZES, combine_studies, run_study
 from samclip.proxy.three_teachers import run_three_teacher_study
 
@@ -33,12 +35,20 @@ def main(argv: list[str] | None = None) -> None:
         help="the two- vs three-teacher study (writes three_teachers.{json,md,png} in --out)",
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="--three-teachers: seeds run in parallel")
+    parser.add_argument(
+        "--ovsam", action="store_true",
+        help="OV-SAM's Table 1 on DIR's world and teachers (writes ovsam/results.{json,md} in --out)",
+    )  # fmt: skip
+    parser.add_argument("--ovsam-size", choices=sorted(OVSAM_STUDY_SIZES), default="test")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     report = "results.md"
     try:
         if args.combine:
             combine_studies(args.out, args.combine)
+        elif args.ovsam:
+            run_ovsam_study(args.out, args.ovsam_size, args.seeds)
+            report = "ovsam/results.md"
         elif args.three_teachers:
             run_three_teacher_study(args.out, args.size, args.seeds, args.workers)
             report = "three_teachers.md"

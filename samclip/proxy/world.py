@@ -34,7 +34,10 @@ COLOURS = {
     "yellow": (230, 205, 40),
 }
 TEMPLATES = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
-SPLITS = {"clip": 0, "sam": 1, "classification": 2, "semseg": 3, "sam_val": 4, "semseg_train": 5, "dense": 6}
+SPLITS = {
+    "clip": 0, "sam": 1, "classification": 2, "semseg": 3, "sam_val": 4, "semseg_train": 5, "dense": 6,
+    "instances_train": 7, "instances_val": 8,  # COCO-layout instances (samclip.proxy.instances)
+}  # fmt: skip
 # SA-1B image ids of the held-out tar start here, so train and held-out ids never collide.
 VAL_ID_OFFSET = 1_000_000
 BOUNDARY = 255  # VOC's ignore label on object outlines
