@@ -295,6 +295,17 @@ def prepare_world_and_teachers(
     return world
 
 
+def resolve_size(size_name: str, seeds: Sequence[int] | None) -> tuple[StudySize, tuple[int, ...]]:
+    """The study size of that name and the seeds to run (the size's own when ``seeds`` is None)."""
+    if size_name not in STUDY_SIZES:
+        raise ValueError(f"unknown study size {size_name!r}; available: {sorted(STUDY_SIZES)}")
+    size = STUDY_SIZES[size_name]
+    seeds = tuple(size.seeds if seeds is None else seeds)
+    if not seeds:
+        raise ValueError("the proxy study needs at least one seed")
+    return size, seeds
+
+
 def run_study(
     out: str | Path, size_name: str = "quick", seeds: Sequence[int] | None = None
 ) -> dict[str, Any]:
@@ -304,12 +315,8 @@ def run_study(
     run (data order, augmentation, prompt sampling, head initialisation), so the reported spread is the
     recipe's own, at fixed teachers.
     """
-    if size_name not in STUDY_SIZES:
-        raise ValueError(f"unknown study size {size_name!r}; available: {sorted(STUDY_SIZES)}")
-    size, out = STUDY_SIZES[size_name], Path(out).absolute()
-    seeds = tuple(size.seeds if seeds is None else seeds)
-    if not seeds:
-        raise ValueError("the proxy study needs at least one seed")
+    size, seeds = resolve_size(size_name, seeds)
+    out = Path(out).absolute()
     timings: dict[str, float] = {}
     start = time.time()
     world = prepare_world_and_teachers(out, size, seeds[0], timings)

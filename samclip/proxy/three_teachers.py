@@ -34,7 +34,6 @@ from samclip.proxy.dense_teacher import DenseTeacherTraining, train_dense_teache
 from samclip.proxy.evaluate import PROXY_LAYOUT
 from samclip.proxy.study import (
     SAM_TEACHER_FILE,
-    STUDY_SIZES,
     StudySize,
     aggregate,
     compose_recipe,
@@ -43,6 +42,7 @@ from samclip.proxy.study import (
     log_to_stderr,
     prepare_world_and_teachers,
     report_eval,
+    resolve_size,
     timed,
 )
 from samclip.proxy.world import SEMSEG_SETS, ProxyWorld, write_semseg_split
@@ -158,12 +158,8 @@ def run_three_teacher_study(
     """The two- and three-teacher students of every seed in ``out``; returns ``three_teachers.json``'s content.
 
     ``workers`` > 1 runs seeds in that many processes of one thread each (the world and teachers first)."""
-    if size_name not in STUDY_SIZES:
-        raise ValueError(f"unknown study size {size_name!r}; available: {sorted(STUDY_SIZES)}")
-    size, out = STUDY_SIZES[size_name], Path(out).absolute()
-    seeds = tuple(size.seeds if seeds is None else seeds)
-    if not seeds:
-        raise ValueError("the three-teacher study needs at least one seed")
+    size, seeds = resolve_size(size_name, seeds)
+    out = Path(out).absolute()
     timings: dict[str, float] = {}
     start = time.time()
     world = prepare_world_and_teachers(out, size, seeds[0], timings)
