@@ -80,9 +80,14 @@ def knn_miou(encode: Any, world: ProxyWorld, run_dir: Path, resolution: int) -> 
     return float(results["mIoU"])
 
 
-def dense_teacher_knn(out: Path, world: ProxyWorld, pretrained: Path | None, name: str) -> float:
-    teacher = DinoTeacher("samclip_proxy_dino", pretrained=None if pretrained is None else str(pretrained),
-                          image_size=DenseTeacherTraining().image_size)  # fmt: skip
+def dense_teacher_knn(
+    out: Path, world: ProxyWorld, pretrained: Path | None, name: str, seed: int = 0
+) -> float:
+    """k-NN mIoU of the dense teacher's patch tokens; ``pretrained=None``: its ViT at a seeded random init."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        teacher = DinoTeacher("samclip_proxy_dino", pretrained=None if pretrained is None else str(pretrained),
+                              image_size=DenseTeacherTraining().image_size)  # fmt: skip
     return knn_miou(
         lambda images: teacher.encode(images).patches, world, out / "evals" / name, teacher.image_size
     )
