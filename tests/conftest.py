@@ -16,6 +16,7 @@ from constructed import (
     dual_basis,
     fit_clip_head,
     random_student,
+    write_red_box_voc,
 )
 
 from samclip.models import SamClipModel
@@ -75,3 +76,9 @@ def classifying_checkpoints(make_final: Callable[..., Path], classifier: torch.T
         fit_clip_head(model, images, targets.roll(-shift, dims=0))
         paths[name] = make_final(model, f"{name}.pt")
     return paths
+
+
+@pytest.fixture(scope="session")
+def red_box_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 train and 4 val images of a red box (class 1) on a plain background (class 0), boxes on the 16-px grid."""
+    return write_red_box_voc(tmp_path_factory.mktemp("red_box") / "VOC2012", num_train=8, num_val=4)

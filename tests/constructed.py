@@ -119,3 +119,24 @@ def red_box_sample(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarra
     cols = slice(left * GRID, (left + width) * GRID)
     image[rows, cols], label[rows, cols] = RED, 1
     return image, label
+
+
+def write_red_box_voc(root: Path, num_train: int, num_val: int, seed: int = 0) -> Path:
+    """A VOC tree of ``red_box_sample`` images: ``num_train`` in train, ``num_val`` in val; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    write_voc(root, {f"2007_{i:06d}": red_box_sample(rng) for i in range(num_train)}, split="train")
+    write_voc(root, {f"2008_{i:06d}": red_box_sample(rng) for i in range(num_val)}, split="val")
+    return root
+
+
+def write_tiny_assets(root: Path) -> None:
+    """The smoke run's generated data and tiny teachers under ``root``: data/, clip_tiny.pt, sam_tiny.pth."""
+    from samclip.train.smoke import prepare_smoke_assets
+
+    prepare_smoke_assets(
+        str(root / "data"),
+        str(root / "clip_tiny.pt"),
+        "samclip-tiny-clip",
+        str(root / "sam_tiny.pth"),
+        "samclip_tiny",
+    )

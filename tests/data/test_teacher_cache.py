@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from constructed import write_tiny_assets
 from omegaconf import OmegaConf
 
 from samclip.cli.data import main as data_cli
@@ -26,7 +27,6 @@ from samclip.data.teacher_cache import (
 )
 from samclip.models.teachers import ClipTeacher, SamTeacher
 from samclip.train import builder
-from samclip.train.smoke import prepare_smoke_assets
 
 VIEWS = 3
 CLIP_SIDE = 64  # samclip-tiny-clip's input size: the online teacher then sees exactly the student's pixels
@@ -37,13 +37,7 @@ BF16_REL = 2.0**-7  # two bf16 roundings (the cache's and the comparison's) rela
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cache_assets")
-    prepare_smoke_assets(
-        str(root / "data"),
-        str(root / "clip_tiny.pt"),
-        "samclip-tiny-clip",
-        str(root / "sam_tiny.pth"),
-        "samclip_tiny",
-    )
+    write_tiny_assets(root)
     clip_cache(root / "data/clip/{00000..00003}.tar", root / "clip_cache", root / "clip_tiny.pt")
     sam_cache(root / "data/sam/sa_{000000..000001}.tar", root / "sam_cache", root / "sam_tiny.pth")
     return root

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from constructed import write_tiny_assets
 
 from samclip.cli.data import main as data_cli
 from samclip.data.clip_stream import ClipStream
 from samclip.data.sam_stream import SamStream
 from samclip.data.teacher_cache import SidecarShard, StaleCacheError, TeacherCache, from_bf16_bits
-from samclip.train.smoke import prepare_smoke_assets
 
 VIEWS = 3
 # The keys of format 1's manifest.json (its CacheManifest's fields), which format 2 extends.
@@ -27,13 +27,7 @@ FORMAT1_KEYS = (
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cache_format")
-    prepare_smoke_assets(
-        str(root / "data"),
-        str(root / "clip_tiny.pt"),
-        "samclip-tiny-clip",
-        str(root / "sam_tiny.pth"),
-        "samclip_tiny",
-    )
+    write_tiny_assets(root)
     data_cli(
         ["cache-teacher", "clip", str(root / "data/clip/{00000..00003}.tar"), "--out", str(root / "clip_cache"),
          "--model-name", "samclip-tiny-clip", "--pretrained", str(root / "clip_tiny.pt"), "--views", str(VIEWS)]

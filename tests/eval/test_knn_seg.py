@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from constructed import red_box_sample, write_voc
 
 from samclip.cli.eval import main
 from samclip.eval.datasets.semseg import open_segmentation_dataset
@@ -53,15 +52,6 @@ def test_patch_labels_are_the_class_counts_of_each_cells_pixels_ignoring_255():
         patch_label_histograms(torch.from_numpy(label), grid=5, num_classes=4)
     with pytest.raises(ValueError, match="class 3 >= num_classes 3"):
         patch_label_histograms(torch.from_numpy(label), grid=3, num_classes=3)
-
-
-@pytest.fixture(scope="module")
-def red_box_voc(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("knn") / "VOC2012"
-    write_voc(root, {f"2007_{i:06d}": red_box_sample(rng) for i in range(8)}, split="train")
-    write_voc(root, {f"2008_{i:06d}": red_box_sample(rng) for i in range(4)}, split="val")
-    return root
 
 
 def _knn(merged, root, run_dir, **overrides):

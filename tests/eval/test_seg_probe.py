@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from constructed import red_box_sample, write_voc
+from constructed import red_box_sample
 from PIL import Image
 
 from samclip.cli.eval import main
@@ -20,15 +20,6 @@ from samclip.eval.seg_heads import HEADS, build_head
 from samclip.eval.seg_probe import augment, evaluate_seg_probe
 from samclip.models import get_model_config
 from samclip.models.sam_checkpoint import build_official_sam
-
-
-@pytest.fixture(scope="module")
-def red_box_voc(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("probe") / "VOC2012"
-    write_voc(root, {f"2007_{i:06d}": red_box_sample(rng) for i in range(8)}, split="train")
-    write_voc(root, {f"2008_{i:06d}": red_box_sample(rng) for i in range(4)}, split="val")
-    return root
 
 
 def _probe(merged, root, run_dir, **overrides):

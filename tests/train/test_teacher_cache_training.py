@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from constructed import write_tiny_assets
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
@@ -23,7 +24,6 @@ from samclip.models.teachers import ClipTeacher, SamTeacher
 from samclip.train import builder
 from samclip.train.distributed import DistEnv
 from samclip.train.runner import CONFIG_DIR, run
-from samclip.train.smoke import prepare_smoke_assets
 from samclip.train.step import forward_backward
 from samclip.train.tasks import SamClipTask
 
@@ -33,13 +33,7 @@ ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cache_training")
-    prepare_smoke_assets(
-        str(root / "data"),
-        str(root / "clip_tiny.pt"),
-        "samclip-tiny-clip",
-        str(root / "sam_tiny.pth"),
-        "samclip_tiny",
-    )
+    write_tiny_assets(root)
     clip = ["--model-name", "samclip-tiny-clip", "--pretrained", str(root / "clip_tiny.pt"), "--views", "4"]
     data_cli(
         [

@@ -7,10 +7,9 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from constructed import red_box_sample, write_voc
+from constructed import write_red_box_voc
 from hydra import compose, initialize_config_dir
 
 from samclip.cli.eval import main as eval_main
@@ -85,10 +84,7 @@ def test_a_teacher_unknown_to_the_package_trains_by_config_alone(tmp_path: Path)
 def test_samclip_eval_probes_the_dense_dino_features_of_the_smoke_dino_checkpoint(
     smoke_dino_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str
 ) -> None:
-    rng = np.random.default_rng(0)
-    root = tmp_path / "VOC2012"
-    write_voc(root, {f"2007_{i:06d}": red_box_sample(rng) for i in range(4)}, split="train")
-    write_voc(root, {f"2008_{i:06d}": red_box_sample(rng) for i in range(2)}, split="val")
+    root = write_red_box_voc(tmp_path / "VOC2012", num_train=4, num_val=2)
     run_dir = tmp_path / "eval"
     extra = (
         ["eval.iterations=3", "eval.batch_size=2", "eval.num_workers=0"] if probe == "seg_probe_voc" else []
