@@ -1,4 +1,4 @@
-"""``samclip-proxy --out DIR [--size test|quick|full] [--seeds S ...] [--three-teachers [--workers N]]
+"""``samclip-proxy --out DIR [--size test|quick|full] [--seeds S ...] [--workers N] [--three-teachers]
 [--ovsam [--ovsam-size tiny|test]]``: the proxy study (samclip.proxy.study), or with ``--three-teachers`` the
 study of a third, dense teacher (samclip.proxy.three_teachers), or with ``--ovsam`` Open-Vocabulary SAM's
 Table 1 (samclip.proxy.ovsam_study), on the same world and teachers."""
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         "--three-teachers", action="store_true",
         help="the two- vs three-teacher study (writes three_teachers.{json,md,png} in --out)",
     )  # fmt: skip
-    parser.add_argument("--workers", type=int, default=1, help="--three-teachers: seeds run in parallel")
+    parser.add_argument("--workers", type=int, default=1, help="seeds run in parallel (one thread each)")
     parser.add_argument(
         "--ovsam", action="store_true",
         help="OV-SAM's Table 1 on DIR's world and teachers (writes ovsam/results.{json,md} in --out)",
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             run_three_teacher_study(args.out, args.size, args.seeds, args.workers)
             report = "three_teachers.md"
         else:
-            run_study(args.out, args.size, args.seeds)
+            run_study(args.out, args.size, args.seeds, args.workers)
     except (ValueError, FileNotFoundError) as exn:
         print(f"samclip-proxy: error: {exn}", file=sys.stderr)
         raise SystemExit(2) from exn

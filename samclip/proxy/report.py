@@ -63,6 +63,14 @@ def results_markdown(results: dict[str, Any], timings: dict[str, float]) -> str:
         for name, key in STUDENT_ROWS
         if key in rows
     ]
+    if results.get("sam_teacher_curve"):
+        points = ", ".join(
+            f"{p['step']}: {p['box_miou']:.1f} / {p['point_miou']:.1f}" for p in results["sam_teacher_curve"]
+        )
+        lines += [
+            "",
+            f"SAM teacher's held-out box / point mIoU during its training (step: box / point): {points}.",
+        ]
     lines += ["", "λ ablation (multitask stage, each from the same head_probe final.pt):", ""]
     lines += ["| λ (loss.sam_weight) | zero-shot top-1 | box mIoU | point mIoU |", "|---|---|---|---|"]
     for weight in results["sam_weights"]:

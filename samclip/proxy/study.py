@@ -20,12 +20,13 @@ import logging
 import math
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -76,13 +77,15 @@ def _sam(steps: int) -> SamTeacherTraining:
 
 # Stage 2 lengths come from the pilots in docs/proxy/README.md: at 120 steps (the old length) the backbone
 # moves ~1 % and zero-shot stays near the head probe; L_clip alone needs ~1500 steps at lr 1e-3 to reach
-# two thirds of the teacher. The test size keeps the same shape at a length CI can afford.
+# two thirds of the teacher. The test size keeps the same shape at a length CI can afford. The SAM teacher's
+# lengths come from its held-out curve (pilot 5): at 800 steps it scored below filling the box (54 vs 60 on
+# the quick world), which let no student forget; at 3000 it reaches 77 and is still creeping up.
 STUDY_SIZES = {
     "test": StudySize(
         "test", ClipTeacherTraining(epochs=8), _sam(400), 150, 400, 30, sam_weights=(0.0, 10.0), seeds=(0,)
     ),
-    "quick": StudySize("quick", ClipTeacherTraining(epochs=8), _sam(800), 150, 1500, 30),
-    "full": StudySize("full", ClipTeacherTraining(epochs=5), _sam(2500), 300, 3000, 60),
+    "quick": StudySize("quick", ClipTeacherTraining(epochs=8), _sam(3000), 150, 1500, 30),
+    "full": StudySize("full", ClipTeacherTraining(epochs=5), _sam(6000), 300, 3000, 60),
 }
 
 
@@ -197,6 +200,13 @@ def evaluate_teachers(world: ProxyWorld, out: Path, size: StudySize) -> dict[str
     }
 
 
+def sam_teacher_curve(teachers: Path) -> list[dict[str, float]]:
+    """The SAM teacher's held-out mIoU during its training (``train_sam_teacher``'s curve file; empty for a
+    teacher trained before it was written): whether the teacher had converged, before reading forgetting."""
+    curve = (teachers / SAM_TEACHER_FILE).with_suffix(".curve.json")
+    return json.loads(curve.read_text()) if curve.is_file() else []
+
+
 def log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -210,7 +220,8 @@ def train_teachers(world: ProxyWorld, teachers: Path, size: StudySize, seed: int
         jobs.append((train_clip_teacher, clip_args, {"held_out": world.classification_root}))
     if not (teachers / SAM_TEACHER_FILE).is_file():
         sam_args = (world.sam_shards, teachers / SAM_TEACHER_FILE, size.sam_teacher, seed)
-        jobs.append((train_sam_teacher, sam_args, {}))
+        curve = {"held_out": world.sam_val_shards, "evaluate_every": max(1, size.sam_teacher.steps // 10)}
+        jobs.append((train_sam_teacher, sam_args, curve))
     if not jobs:
         return
     context = multiprocessing.get_context("spawn")
@@ -280,6 +291,39 @@ def run_seed(out: Path, world: ProxyWorld, size: StudySize, seed: int, timings: 
     return rows
 
 
+SeedRunner = Callable[[Path, ProxyWorld, StudySize, int, dict[str, float]], dict]
+
+
+def _seed_in_worker(
+    run_one: SeedRunner, out: Path, world: ProxyWorld, size: StudySize, seed: int
+) -> tuple[dict, dict[str, float]]:
+    torch.set_num_threads(1)
+    timings: dict[str, float] = {}
+    return run_one(out, world, size, seed, timings), timings
+
+
+def run_seeds(
+    run_one: SeedRunner,
+    out: Path,
+    world: ProxyWorld,
+    size: StudySize,
+    seeds: Sequence[int],
+    timings: dict[str, float],
+    workers: int = 1,
+) -> list[dict]:
+    """``run_one`` (a study's per-seed runs) for every seed, in ``workers`` processes of one thread each
+    when > 1: seeds share nothing but the world and teachers, which are read-only by then."""
+    if workers <= 1 or len(seeds) == 1:
+        return [run_one(out, world, size, seed, timings) for seed in seeds]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(seeds)), mp_context=context, initializer=log_to_stderr) as pool:
+        jobs = [(run_one, out, world, size, seed) for seed in seeds]
+        finished = list(pool.map(_seed_in_worker, *zip(*jobs, strict=True)))
+    for _, seed_timings in finished:
+        timings.update(seed_timings)
+    return [rows for rows, _ in finished]
+
+
 def prepare_world_and_teachers(
     out: Path, size: StudySize, seed: int, timings: dict[str, float]
 ) -> ProxyWorld:
@@ -307,13 +351,13 @@ def resolve_size(size_name: str, seeds: Sequence[int] | None) -> tuple[StudySize
 
 
 def run_study(
-    out: str | Path, size_name: str = "quick", seeds: Sequence[int] | None = None
+    out: str | Path, size_name: str = "quick", seeds: Sequence[int] | None = None, workers: int = 1
 ) -> dict[str, Any]:
     """Run (or finish) the whole study in ``out``; returns what it writes to ``out/results.json``.
 
     The world and both teachers are built once, from the first seed; each seed then reruns every student
     run (data order, augmentation, prompt sampling, head initialisation), so the reported spread is the
-    recipe's own, at fixed teachers.
+    recipe's own, at fixed teachers. ``workers`` > 1 runs the seeds in that many processes.
     """
     size, seeds = resolve_size(size_name, seeds)
     out = Path(out).absolute()
@@ -321,7 +365,7 @@ def run_study(
     start = time.time()
     world = prepare_world_and_teachers(out, size, seeds[0], timings)
     teacher_metrics = evaluate_teachers(world, out, size)
-    per_seed = [run_seed(out, world, size, seed, timings) for seed in seeds]
+    per_seed = run_seeds(run_seed, out, world, size, seeds, timings, workers)
     timings["total"] = round(time.time() - start, 1)
     results: dict[str, Any] = {
         "size": size_name,
@@ -330,6 +374,7 @@ def run_study(
         "majority_top1": majority_top1(world.classification_root),
         "baselines": box_baselines(world.sam_val_shards),
         "teachers": teacher_metrics,
+        "sam_teacher_curve": sam_teacher_curve(out / "teachers"),
         "rows": aggregate(per_seed),
         "per_seed": dict(zip((str(s) for s in seeds), per_seed, strict=True)),
         "sam_weights": sorted(size.sam_weights),

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -29,12 +30,14 @@ from samclip.losses import dice_loss_per_mask, focal_loss_per_mask
 from samclip.models import get_model_config
 from samclip.models.final_checkpoint import atomic_torch_save
 from samclip.models.preprocess import normalize_sam
-from samclip.models.sam_checkpoint import build_official_sam
+from samclip.models.sam_checkpoint import build_official_sam, split_sam_state_dict
 from samclip.models.sam_head import decode_masks
+from samclip.models.samclip_model import SamClipModel
 
 # Importing teachers registers samclip's small open_clip configs (samclip-proxy-clip among them).
 from samclip.models.teachers import ClipTeacher  # noqa: F401
 from samclip.models.zeroshot_classifier import build_text_classifier
+from samclip.proxy.evaluate import prompted_ious
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +201,32 @@ def sam_teacher_loss(
     return loss, iou.mean()
 
 
+def held_out_prompted_miou(
+    sam: torch.nn.Module, model_name: str, shards: Sequence[str], max_images: int | None = None
+) -> dict[str, float]:
+    """Box- and point-prompted mIoU (%) of an official-layout SAM on held-out SA-1B-layout ``shards``,
+    through the student's code path (the same ``prompted_ious`` the study scores every model with)."""
+    student = SamClipModel(get_model_config(model_name))
+    backbone, head = split_sam_state_dict(sam.state_dict())
+    student.backbone.load_state_dict(backbone, strict=True)
+    student.sam_head.load_state_dict(head, strict=True)
+    box, point = prompted_ious(student.eval(), list(shards), max_images=max_images)
+    return {"box_miou": 100.0 * float(box.mean()), "point_miou": 100.0 * float(point.mean())}
+
+
 def train_sam_teacher(
-    shards: Sequence[str], out_path: str | Path, training: SamTeacherTraining, seed: int = 0
+    shards: Sequence[str],
+    out_path: str | Path,
+    training: SamTeacherTraining,
+    seed: int = 0,
+    held_out: Sequence[str] | None = None,
+    evaluate_every: int = 0,
 ) -> Path:
-    """Mask-supervised training of an official SAM of ``training.model_name``'s shape; writes its checkpoint."""
+    """Mask-supervised training of an official SAM of ``training.model_name``'s shape; writes its checkpoint.
+
+    With ``held_out`` SA-1B-layout shards and ``evaluate_every`` > 0, the held-out box / point mIoU every
+    that many steps (and at the end) is logged and written beside the checkpoint as ``<name>.curve.json``:
+    how far the teacher is from converged, which the study needs to know before it reads forgetting."""
     config = get_model_config(training.model_name)
     torch.manual_seed(seed)
     sam = build_official_sam(config)
@@ -222,7 +247,7 @@ def train_sam_teacher(
         optimizer, lambda s: _cosine_lr(s, training.steps, training.warmup_steps)
     )
     sam.train()
-    start, ious = time.time(), []
+    start, ious, curve = time.time(), [], []
     for step, batch in enumerate(stream):
         if step >= training.steps:
             break
@@ -238,6 +263,14 @@ def train_sam_teacher(
                 "sam teacher: step %d loss %.3f train IoU %.3f (%.0fs)",
                 step + 1, float(loss), float(np.mean(ious[-25:])), time.time() - start,
             )  # fmt: skip
+        last = step + 1 == training.steps
+        if held_out and evaluate_every > 0 and ((step + 1) % evaluate_every == 0 or last):
+            curve.append({"step": step + 1, **held_out_prompted_miou(sam, training.model_name, held_out)})
+            log.info("sam teacher: step %d held-out box mIoU %.1f point mIoU %.1f", step + 1,
+                     curve[-1]["box_miou"], curve[-1]["point_miou"])  # fmt: skip
+            sam.train()
     sam.eval()
     atomic_torch_save(sam.state_dict(), str(out_path))
+    if curve:
+        Path(out_path).with_suffix(".curve.json").write_text(json.dumps(curve, indent=1) + "\n")
     return Path(out_path)

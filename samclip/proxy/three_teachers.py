@@ -16,10 +16,8 @@ its dense adaptor. Written under ``DIR``::
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +37,10 @@ from samclip.proxy.study import (
     compose_recipe,
     evaluate_merged,
     evaluate_teachers,
-    log_to_stderr,
     prepare_world_and_teachers,
     report_eval,
     resolve_size,
+    run_seeds,
     timed,
 )
 from samclip.proxy.world import SEMSEG_SETS, ProxyWorld, write_semseg_split
@@ -129,34 +127,6 @@ def run_seed(out: Path, world: ProxyWorld, size: StudySize, seed: int, timings: 
     return rows
 
 
-def _seed_in_worker(
-    out: Path, world: ProxyWorld, size: StudySize, seed: int
-) -> tuple[dict, dict[str, float]]:
-    torch.set_num_threads(1)
-    timings: dict[str, float] = {}
-    return run_seed(out, world, size, seed, timings), timings
-
-
-def run_seeds(
-    out: Path,
-    world: ProxyWorld,
-    size: StudySize,
-    seeds: Sequence[int],
-    timings: dict[str, float],
-    workers: int,
-) -> list[dict]:
-    if workers <= 1 or len(seeds) == 1:
-        return [run_seed(out, world, size, seed, timings) for seed in seeds]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(seeds)), mp_context=context, initializer=log_to_stderr) as pool:
-        finished = list(
-            pool.map(_seed_in_worker, *zip(*[(out, world, size, seed) for seed in seeds], strict=True))
-        )
-    for _, seed_timings in finished:
-        timings.update(seed_timings)
-    return [rows for rows, _ in finished]
-
-
 def run_three_teacher_study(
     out: str | Path, size_name: str = "quick", seeds: Sequence[int] | None = None, workers: int = 1
 ) -> dict[str, Any]:
@@ -179,7 +149,7 @@ def run_three_teacher_study(
     teachers["sam"]["knn_miou_tokens"] = knn_miou(
         backbone_encoder(sam, "tokens"), world, out / "evals" / "sam_teacher_knn", size.eval_resolution
     )
-    per_seed = run_seeds(out, world, size, seeds, timings, workers)
+    per_seed = run_seeds(run_seed, out, world, size, seeds, timings, workers)
     timings["total"] = round(time.time() - start, 1)
     results = {
         "size": size_name,

@@ -10,3 +10,13 @@ TINY_WORLD = WorldSize(
     sam_val_images=6,
     images_per_shard=20,
 )
+
+
+def seed_runner_stub(out, world, size, seed: int, timings: dict) -> dict:
+    """A per-seed study runner for ``run_seeds``'s test (module level, so a spawned worker imports it)."""
+    import os
+
+    import torch
+
+    timings[f"seed_{seed}/stub"] = float(seed)
+    return {"row": {"value": 10.0 * seed}, "where": {"pid": os.getpid(), "threads": torch.get_num_threads()}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,21 @@ def test_prompted_miou_is_zero_for_empty_masks(world: ProxyWorld, tmp_path: Path
     result = evaluate_prompted_miou(_FixedMasks(world, empty=True), tmp_path, shards=world.sam_val_shards)
     assert result["box_mIoU"] == result["point_mIoU"] == 0.0
     assert result["num_instances"] > 0
+
+
+def test_sam_teacher_curve_ends_with_the_saved_checkpoints_held_out_miou(
+    world: ProxyWorld, tmp_path: Path
+) -> None:
+    training = SamTeacherTraining(steps=3, images_per_step=2, masks_per_image=2)
+    out = train_sam_teacher(
+        world.sam_shards, tmp_path / "sam.pth", training, held_out=world.sam_val_shards, evaluate_every=2
+    )
+    curve = json.loads(out.with_suffix(".curve.json").read_text())
+    assert [point["step"] for point in curve] == [2, 3]  # every 2 steps, and the last
+    # The last point is the saved checkpoint, scored independently through the student's loader.
+    saved = evaluate_prompted_miou(
+        create_model("samclip_tiny", sam_checkpoint=out).eval(), tmp_path, shards=world.sam_val_shards
+    )
+    assert curve[-1]["box_miou"] == pytest.approx(saved["box_mIoU"], abs=1e-6)
+    assert curve[-1]["point_miou"] == pytest.approx(saved["point_mIoU"], abs=1e-6)
+    assert curve[0] != curve[-1]  # the step between them changed the masks
