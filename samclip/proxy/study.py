@@ -82,7 +82,7 @@ def _sam(steps: int) -> SamTeacherTraining:
 # the quick world), which let no student forget; at 3000 it reaches 77 and is still creeping up.
 STUDY_SIZES = {
     "test": StudySize(
-        "test", ClipTeacherTraining(epochs=8), _sam(400), 150, 400, 30, sam_weights=(0.0, 10.0), seeds=(0,)
+        "test", ClipTeacherTraining(epochs=8), _sam(3000), 150, 400, 30, sam_weights=(0.0, 10.0), seeds=(0,)
     ),
     "quick": StudySize("quick", ClipTeacherTraining(epochs=8), _sam(3000), 150, 1500, 30),
     "full": StudySize("full", ClipTeacherTraining(epochs=5), _sam(6000), 300, 3000, 60),
