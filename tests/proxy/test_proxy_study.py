@@ -115,13 +115,14 @@ def three_teachers(results: dict) -> dict:
     return json.loads((out / "three_teachers.json").read_text()) | {"_out": str(out)}
 
 
-# Measured at this size over seeds 0/1/2 (docs/proxy/test/three_teachers.md), three minus two teachers, same
-# seed: zero-shot +2.5 / -1.0 / 0.0, box mIoU -0.1 / +0.3 / +0.2, k-NN mIoU of the tokens +2.9 / +1.2 / +2.2
-# (SE 0.5); the dense teacher's k-NN 33.7 against 22.3 untrained. CI runs seed 0.
+# Measured at this size over seeds 0/1/2 (docs/proxy/test/three_teachers.md, 2026-12-04, the 3000-step SAM
+# teacher), three minus two teachers, same seed: zero-shot -1.0 / -0.5 / +4.0, box mIoU +0.1 / +0.3 / +0.2,
+# k-NN mIoU of the tokens +1.1 / +0.8 / +0.4 (SE 0.2); the dense teacher's k-NN 34.7 against 22.4 untrained.
+# CI runs seed 0.
 DENSE_TEACHER_MARGIN = 6.0
-ZEROSHOT_KEPT = 6.0  # half the gap between the recipe and the control without L_clip
+ZEROSHOT_KEPT = 6.0  # under half the gap between the recipe and the control without L_clip
 BOX_KEPT = 1.0
-KNN_GAIN_MARGIN = 0.5  # below the smallest seed's gain by more than 1 SE
+KNN_GAIN_MARGIN = 0.3  # below the smallest seed's gain (0.4): the direction, with little room
 
 
 def _row(three_teachers: dict, row: str, metric: str) -> float:
@@ -138,7 +139,7 @@ def test_the_dense_teacher_knows_the_shapes(three_teachers: dict) -> None:
 def test_a_third_teacher_adds_its_probe_and_keeps_the_other_two(three_teachers: dict) -> None:
     """Issue 17's proxy evidence: the three-teacher student keeps zero-shot and box mIoU of the two-teacher
     one (same seed, same lengths) within noise, and its backbone tokens segment by k-NN better than the
-    two-teacher student's (the dense adaptor's own gain, +1.0 ± 0.4, is too close to noise to assert)."""
+    two-teacher student's."""
     out = Path(three_teachers["_out"])
     assert all((out / name).is_file() for name in ("three_teachers.md", "three_teachers.png"))
     two, three = "two_teachers", "three_teachers"
