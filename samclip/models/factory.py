@@ -38,8 +38,13 @@ def create_model_from_config(config: SamClipConfig | dict[str, Any]) -> SamClipM
 
 
 def load_sam_weights(model: SamClipModel, path: str | Path) -> None:
-    state_dict = read_sam_checkpoint(path)
-    validate_sam_state_dict(state_dict, model.config, source=str(path))
+    load_sam_state_dict(model, read_sam_checkpoint(path), source=str(path))
+
+
+def load_sam_state_dict(model: SamClipModel, state_dict: dict[str, Any], source: str) -> None:
+    """An official SAM state dict (``image_encoder.* / prompt_encoder.* / mask_decoder.*``) into ``model``'s
+    backbone and SAM head; the CLIP head blocks are then copied from the loaded backbone's last block."""
+    validate_sam_state_dict(state_dict, model.config, source=source)
     backbone, head = split_sam_state_dict(state_dict)
     model.backbone.load_state_dict(backbone, strict=True)
     model.sam_head.load_state_dict(head, strict=True)

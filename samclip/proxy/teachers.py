@@ -27,12 +27,12 @@ from torchvision.datasets import ImageFolder
 from samclip.data import SamStream
 from samclip.data.clip_stream import clip_eval_transform
 from samclip.losses import dice_loss_per_mask, focal_loss_per_mask
-from samclip.models import get_model_config
+from samclip.models import create_model, get_model_config
+from samclip.models.factory import load_sam_state_dict
 from samclip.models.final_checkpoint import atomic_torch_save
 from samclip.models.preprocess import normalize_sam
-from samclip.models.sam_checkpoint import build_official_sam, split_sam_state_dict
+from samclip.models.sam_checkpoint import build_official_sam
 from samclip.models.sam_head import decode_masks
-from samclip.models.samclip_model import SamClipModel
 
 # Importing teachers registers samclip's small open_clip configs (samclip-proxy-clip among them).
 from samclip.models.teachers import ClipTeacher  # noqa: F401
@@ -206,10 +206,8 @@ def held_out_prompted_miou(
 ) -> dict[str, float]:
     """Box- and point-prompted mIoU (%) of an official-layout SAM on held-out SA-1B-layout ``shards``,
     through the student's code path (the same ``prompted_ious`` the study scores every model with)."""
-    student = SamClipModel(get_model_config(model_name))
-    backbone, head = split_sam_state_dict(sam.state_dict())
-    student.backbone.load_state_dict(backbone, strict=True)
-    student.sam_head.load_state_dict(head, strict=True)
+    student = create_model(model_name)
+    load_sam_state_dict(student, sam.state_dict(), source="the SAM teacher in training")
     box, point = prompted_ious(student.eval(), list(shards), max_images=max_images)
     return {"box_miou": 100.0 * float(box.mean()), "point_miou": 100.0 * float(point.mean())}
 
